@@ -1,0 +1,1 @@
+"""Units of work, data types and the plain logic they run. No Prefect here: flows/ wraps these."""

@@ -1,0 +1,245 @@
+"""One clip's unit of work: skip it, ingest it (probe) or convert it (transcode + parity).
+
+Plain functions over URIs and a recipe, so a Prefect task (or a test) calls them with
+small arguments and gets back one JSON-able record: the clip's row of the items table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from fractions import Fraction
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
+
+from tasks.convert import ENCODERS, BlockedWithProbe, transcode
+from tasks.errors import Blocked, PipelineError, Reason, StorageError
+from tasks.fingerprint import HashingReader
+from tasks.geometry import plan_geometry
+from tasks.ingest import ClipSource
+from tasks.items import empty_record, load_record, save_record
+from tasks.parity import verify_webm
+from tasks.probe import StreamProbe, choose_video_stream, count_by_demux, open_media, probe_streams
+from tasks.recipe import Recipe
+from tasks.signature import SignatureSpill
+from tasks.storage import Location, commit_file, open_location, open_read, redact, size_of
+
+log = logging.getLogger(__name__)
+Mode = Literal["ingest", "convert"]
+TMP_DIR = ".tmp"
+
+
+def process_clip(clip: ClipSource, src: Location, out: Location, recipe: Recipe,
+                 mode: Mode) -> dict[str, Any]:
+    """Return the clip's record for this run, doing only the work that is not done yet."""
+    previous = load_record(out, clip.clip_id)
+    reused = _reuse(previous, clip, out, recipe, mode)
+    if reused is not None:
+        return reused
+    record = _base_record(clip)
+    with _opened(src, clip) as reader:
+        try:
+            if mode == "ingest":
+                _ingest(reader, clip, recipe, record)
+            else:
+                _convert(reader, clip, out, recipe, record)
+        except Blocked as b:
+            record.update(status="blocked", reason=b.reason.value, detail=redact(b.detail),
+                          output_uri=None, parity_ok=False if mode == "convert" else None)
+        record["fingerprint"] = _fingerprint(reader, src, clip)
+    if mode == "convert":
+        record["convert_key"] = recipe.convert_key()
+    save_record(out, clip.clip_id, record)
+    log.info("%s: %s%s", clip.source_uri, record["status"],
+             f" ({record['reason']}: {record['detail']})" if record["reason"] else "")
+    return record
+
+
+def _reuse(previous, clip: ClipSource, out: Location, recipe: Recipe, mode: Mode):
+    """The previous record when the clip is unchanged and its work is still valid."""
+    if not previous or previous.get("source_version") != clip.version \
+            or previous.get("source_size") != clip.size:
+        return None
+    record = {**previous, **_identity(clip)}
+    if mode == "ingest":
+        if previous["status"] == "blocked":
+            return record
+        return {**record, "status": "skipped", "detail": "unchanged since it was last ingested"}
+    if previous.get("convert_key") != recipe.convert_key():
+        return None  # converted with other settings (or only ingested): redo
+    if previous["status"] == "blocked":
+        return record
+    if previous.get("parity_ok") and previous.get("output_uri"):
+        if size_of(out, out.path(clip.output_relpath)) == previous.get("output_bytes"):
+            return {**record, "status": "skipped", "reason": None,
+                    "detail": "unchanged since it was converted; WebM kept"}
+    return None
+
+
+def _identity(clip: ClipSource) -> dict[str, Any]:
+    return {"source_uri": clip.source_uri, "recording": clip.recording,
+            "clip_name": clip.clip_name, "clip_index": clip.clip_index,
+            "source_size": clip.size, "source_version": clip.version}
+
+
+def _base_record(clip: ClipSource) -> dict[str, Any]:
+    return {**empty_record(), **_identity(clip)}
+
+
+@contextmanager
+def _opened(src: Location, clip: ClipSource) -> Iterator[HashingReader]:
+    reader = HashingReader(open_read(src, clip.path), clip.size)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _fingerprint(reader: HashingReader, src: Location, clip: ClipSource) -> str:
+    try:
+        return reader.fingerprint()
+    except OSError as e:
+        raise StorageError(f"cannot read {clip.source_uri}: {redact(str(e))}") from e
+
+
+def _fill_probe(record: dict[str, Any], probe: StreamProbe) -> None:
+    record.update(
+        container=probe.container, video_streams=probe.video_streams,
+        audio_streams=probe.audio_streams, video_stream_index=probe.video_stream_index,
+        video_codec=probe.video_codec, pix_fmt=probe.pix_fmt, bit_depth=probe.bit_depth,
+        chroma=probe.chroma, fps=_frac(probe.avg_rate), real_fps=_frac(probe.real_rate),
+        time_base=_frac(probe.time_base), start_time_s=probe.start_time_s,
+        header_frame_count=probe.header_frame_count, stored_width=probe.stored_width,
+        stored_height=probe.stored_height, sar=_frac(probe.sar), audio_codec=probe.audio_codec,
+        audio_sample_rate=probe.audio_sample_rate, audio_channels=probe.audio_channels,
+    )
+
+
+def _frac(value) -> str | None:
+    """Fractions always as ``num/den`` (``25/1``, ``30000/1001``), never as floats."""
+    if value is None:
+        return None
+    value = Fraction(value)
+    return f"{value.numerator}/{value.denominator}"
+
+
+def _ingest(reader: HashingReader, clip: ClipSource, recipe: Recipe, record: dict) -> None:
+    container = open_media(reader, clip.size)
+    try:
+        video = choose_video_stream(container, recipe.ingest.multiple_video_streams)
+        probe = probe_streams(container, video)
+        _fill_probe(record, probe)
+        counted = count_by_demux(container, video)
+    finally:
+        container.close()
+    stats, tb = counted.stats, probe.time_base
+    geometry = plan_geometry(probe.stored_width, probe.stored_height, probe.sar,
+                             counted.rotation, None)
+    record.update(
+        frame_count=counted.frame_count, discarded_frames=counted.discarded,
+        rotation=counted.rotation, width=geometry.display_width, height=geometry.display_height,
+        vfr=stats.is_vfr(), duration_s=float(stats.duration_ticks() * tb),
+        measured_fps=_measured(stats.count, stats.first, stats.last, tb),
+        status="ingested", detail=f"{counted.frame_count} frames",
+    )
+    if probe.start_time_s is None and stats.first is not None:
+        record["start_time_s"] = float(stats.first * tb)
+    header = probe.header_frame_count
+    if header and counted.frame_count + counted.discarded < header:
+        raise Blocked(Reason.TRUNCATED, f"the header lists {header} video frames but only "
+                      f"{counted.frame_count + counted.discarded} are in the file")
+    if counted.frame_count == 0:
+        raise Blocked(Reason.NO_FRAMES, "the video stream has no frames")
+
+
+def _measured(count: int, first, last, tb) -> str | None:
+    if count < 2 or first is None or last is None or last <= first:
+        return None
+    return _frac((count - 1) / ((last - first) * tb))
+
+
+def _convert(reader: HashingReader, clip: ClipSource, out: Location, recipe: Recipe,
+             record: dict) -> None:
+    with _work_files(out) as (webm_path, spill_path):
+        spill = SignatureSpill(spill_path)
+        try:
+            result = transcode(reader, clip.size, recipe.convert,
+                               recipe.ingest.multiple_video_streams, webm_path, spill)
+        except BlockedWithProbe as b:
+            _fill_probe(record, b.probe)  # a blocked clip's row still says what it is
+            if b.result is not None:
+                record.update(frame_count=b.result.frame_count,
+                              discarded_frames=b.result.discarded)
+            raise
+        finally:
+            spill.close()
+        probe, geometry, stats = result.probe, result.geometry, result.stats
+        _fill_probe(record, probe)
+        tb = probe.time_base
+        record.update(
+            frame_count=result.frame_count, discarded_frames=result.discarded,
+            rotation=geometry.rotation, width=geometry.display_width,
+            height=geometry.display_height, vfr=stats.is_vfr(),
+            duration_s=float(stats.duration_ticks() * tb),
+            start_time_s=float(result.first_pts * tb), encode_seconds=round(result.encode_seconds, 3),
+            output_codec=recipe.convert.codec,
+        )
+        started = time.perf_counter()
+        report = verify_webm(webm_path, spill, source_time_base=tb,
+                             source_duration_ticks=stats.duration_ticks(),
+                             expected_width=geometry.width, expected_height=geometry.height,
+                             content_tolerance=recipe.parity.content_mean_tolerance)
+        record.update(
+            parity_ok=True, output_frames=report.output_frames,
+            timestamp_max_error_ms=report.timestamp_max_error_ms,
+            measured_fps=report.source_fps_measured,
+            output_fps_measured=report.output_fps_measured,
+            output_duration_s=report.output_duration_s, output_width=report.output_width,
+            output_height=report.output_height, content_mean_diff=report.content_mean_diff,
+            content_worst_diff=report.content_worst_diff,
+            content_worst_frame=report.content_worst_frame,
+            parity_seconds=round(time.perf_counter() - started, 3),
+            output_bytes=os.path.getsize(webm_path),
+        )
+        target = out.path(clip.output_relpath)
+        commit_file(out, webm_path, target)
+        record.update(status="converted", output_uri=out.url(target),
+                      detail=f"{report.output_frames} frames converted to "
+                      f"{ENCODERS[recipe.convert.codec]}, parity proven")
+
+
+@contextmanager
+def _work_files(out: Location) -> Iterator[tuple[str, str]]:
+    """Temp paths for one conversion: beside the outputs when local (so the final move is
+    a rename), in the system temp folder when the outputs go to an object store."""
+    base = out.path(TMP_DIR) if out.is_local else tempfile.gettempdir()
+    os.makedirs(base, exist_ok=True)
+    stem = os.path.join(base, f"{uuid.uuid4().hex}")
+    webm, spill = f"{stem}.webm", f"{stem}.sig"
+    try:
+        yield webm, spill
+    finally:
+        for path in (webm, spill):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def clean_work_dir(out: Location) -> None:
+    """Remove temp files a killed run left behind (one writer per OUT at a time)."""
+    if out.is_local:
+        shutil.rmtree(out.path(TMP_DIR), ignore_errors=True)
+
+
+def process_clip_uris(clip: ClipSource, src_uri: str, out_uri: str, recipe: Recipe,
+                      mode: Mode) -> dict[str, Any]:
+    """`process_clip` from URIs (what a task on another worker receives)."""
+    src = open_location(src_uri, recipe.storage)
+    out = open_location(out_uri, recipe.storage)
+    return process_clip(clip, src, out, recipe, mode)
+
+
+__all__ = ["process_clip", "process_clip_uris", "clean_work_dir", "PipelineError"]

@@ -1,0 +1,295 @@
+"""Stream-transcoding one clip to WebM (VP9/VP8 + Opus) with PyAV, in bounded memory.
+
+Every presented source frame becomes exactly one output frame with the same timestamp:
+the encoder's time base is the source stream's, each frame keeps its decoded PTS, so
+variable frame rate stays variable and edit-list-hidden frames (dropped by FFmpeg's
+decoder) stay hidden. Rotation and anamorphic pixels are applied to the pixels; the
+output is always 8-bit 4:2:0. While encoding, each frame's luma signature is spilled to
+disk for the parity proof (`tasks/parity.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+
+from tasks.errors import Blocked, Reason
+from tasks.geometry import Geometry, plan_geometry
+from tasks.probe import (StreamProbe, TimestampStats, choose_video_stream, clockwise_rotation,
+                         open_media, probe_streams)
+from tasks.recipe import ConvertConfig
+from tasks.signature import SignatureSpill, luma_signature
+
+ENCODERS = {"vp9": "libvpx-vp9", "vp8": "libvpx"}
+OUTPUT_PIX_FMT = "yuv420p"
+
+
+@dataclass
+class TranscodeResult:
+    probe: StreamProbe
+    geometry: Geometry
+    frame_count: int                 # presented packets counted by demuxing
+    discarded: int                   # packets an edit list hides
+    decoded: int                     # frames the decoder delivered (and we encoded)
+    stats: TimestampStats            # over the decoded frames' PTS
+    first_pts: int | None
+    audio_frames_out: int
+    encode_seconds: float
+    errors: list[str] = field(default_factory=list)
+
+
+class FrameShaper:
+    """Rotate, square the pixels, cap the size and convert to 8-bit 4:2:0, frame by frame.
+
+    Without rotation `VideoFrame.reformat` (swscale) does it all; with rotation a small
+    libavfilter graph (transpose/flip, scale, format) does, which keeps PTS untouched.
+    """
+
+    def __init__(self, geometry: Geometry, time_base: Fraction):
+        self.geometry = geometry
+        self.time_base = time_base
+        self._graph = None
+
+    def shape(self, frame: av.VideoFrame) -> av.VideoFrame:
+        g = self.geometry
+        if g.rotation == 0:
+            if frame.width == g.width and frame.height == g.height and frame.format.name == OUTPUT_PIX_FMT:
+                out = frame
+            else:
+                out = frame.reformat(width=g.width, height=g.height, format=OUTPUT_PIX_FMT,
+                                     interpolation="BICUBIC")
+        else:
+            if self._graph is None:
+                self._graph = self._build_graph(frame)
+            self._graph.push(frame)
+            out = self._graph.pull()
+        out.pts = frame.pts
+        out.time_base = self.time_base
+        return out
+
+    def _build_graph(self, frame):
+        graph = av.filter.Graph()
+        nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                  time_base=self.time_base)]
+        turn = {90: [("transpose", "clock")], 270: [("transpose", "cclock")],
+                180: [("hflip", None), ("vflip", None)]}[self.geometry.rotation]
+        for name, args in turn:
+            nodes.append(graph.add(name, args))
+        nodes.append(graph.add("scale", f"{self.geometry.width}:{self.geometry.height}:flags=bicubic"))
+        nodes.append(graph.add("format", OUTPUT_PIX_FMT))
+        nodes.append(graph.add("buffersink"))
+        graph.link_nodes(*nodes).configure()
+        return graph
+
+
+class OpusAudio:
+    """Source audio -> 48 kHz Opus in fixed 20 ms frames (mono or stereo; more is downmixed)."""
+
+    def __init__(self, output, source_stream, bitrate_kbps: int):
+        channels = source_stream.codec_context.channels or 2
+        layout = "mono" if channels == 1 else "stereo"
+        self.stream = output.add_stream("libopus", rate=48000)
+        self.stream.layout = layout
+        self.stream.format = "flt"
+        self.stream.bit_rate = bitrate_kbps * 1000
+        self._resampler = av.AudioResampler(format="flt", layout=layout, rate=48000,
+                                            frame_size=960)
+        self.frames_out = 0
+
+    def encode(self, frame) -> list:
+        packets = []
+        for chunk in self._resampler.resample(frame):
+            chunk.pts = None  # let the encoder count samples from the first one
+            packets.extend(self.stream.encode(chunk))
+            self.frames_out += 1
+        return packets
+
+    def flush(self) -> list:
+        return self.encode(None) + list(self.stream.encode(None))
+
+
+def _video_encoder(output, config: ConvertConfig, geometry: Geometry, time_base: Fraction,
+                   rate: Fraction | None):
+    stream = output.add_stream(ENCODERS[config.codec])
+    cc = stream.codec_context
+    cc.width, cc.height = geometry.width, geometry.height
+    cc.pix_fmt = OUTPUT_PIX_FMT
+    cc.time_base = time_base  # source ticks: every PTS survives exactly
+    if rate:
+        cc.framerate = rate
+    cc.sample_aspect_ratio = Fraction(1, 1)
+    cc.thread_count = config.threads
+    options = {"deadline": config.deadline, "cpu-used": str(config.speed),
+               "crf": str(config.crf), "auto-alt-ref": "0", "lag-in-frames": "0"}
+    if config.codec == "vp9":
+        options["row-mt"] = "1"
+    if config.bitrate_kbps:
+        cc.bit_rate = config.bitrate_kbps * 1000
+    elif config.codec == "vp9":
+        cc.bit_rate = 0  # pure constant quality
+    else:
+        cc.bit_rate = 20_000_000  # VP8's CRF needs a cap; a high one leaves quality to CRF
+    cc.options = options
+    return stream
+
+
+def transcode(reader, size: int, config: ConvertConfig, multiple_video_streams: str,
+              output_path: str, spill: SignatureSpill) -> TranscodeResult:
+    """Decode ``reader`` once and write the WebM at ``output_path``.
+
+    Raises `Blocked` for sources that cannot be trusted; a decode error never yields a
+    shorter output: the clip is blocked and the remaining packets are only counted.
+    """
+    container = open_media(reader, size)
+    try:
+        return _transcode_open(container, config, multiple_video_streams, output_path, spill)
+    finally:
+        container.close()
+
+
+class BlockedWithProbe(Blocked):
+    """`Blocked` after the header was read: carries the probe so the row still shows it."""
+
+    def __init__(self, blocked: Blocked, probe: StreamProbe, result: "TranscodeResult | None"):
+        super().__init__(blocked.reason, blocked.detail)
+        self.probe = probe
+        self.result = result
+
+
+def _transcode_open(container, config, policy, output_path, spill) -> TranscodeResult:
+    video = choose_video_stream(container, policy)
+    probe = probe_streams(container, video)
+    try:
+        return _transcode_stream(container, video, probe, config, output_path, spill)
+    except Blocked as b:
+        raise BlockedWithProbe(b, probe, getattr(b, "result", None)) from b
+
+
+def _transcode_stream(container, video, probe, config, output_path, spill) -> TranscodeResult:
+    time_base = probe.time_base
+    video.thread_type = "AUTO"
+    audio_in = container.streams.audio[0] if (config.audio and container.streams.audio) else None
+
+    output = av.open(output_path, mode="w", format="webm")
+    started = time.perf_counter()
+    stats = TimestampStats()
+    result = TranscodeResult(probe=probe, geometry=None, frame_count=0, discarded=0,  # type: ignore[arg-type]
+                             decoded=0, stats=stats, first_pts=None, audio_frames_out=0,
+                             encode_seconds=0.0)
+    encoder = shaper = audio = None
+    # Audio that arrives before the first video frame waits (compressed, a few packets):
+    # streams must all exist before the muxer writes its header, and video's size is only
+    # known from the first decoded frame (rotation).
+    early_audio: list = []
+    last_pts = None
+    failed = False  # after the first error we only count packets (and hash bytes)
+
+    def encode_audio(packet) -> None:
+        nonlocal failed
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as e:
+            failed = _fail(result, f"audio packet at pts {packet.pts}: {e}")
+            return
+        for frame in frames:
+            output.mux(audio.encode(frame))
+
+    try:
+        streams = [video] + ([audio_in] if audio_in is not None else [])
+        try:
+            for packet in container.demux(*streams):
+                if packet.stream is video:
+                    if packet.size or packet.pts is not None:
+                        if packet.is_discard:
+                            result.discarded += 1
+                        else:
+                            result.frame_count += 1
+                    if failed:
+                        continue
+                    try:
+                        frames = packet.decode()
+                    except av.error.FFmpegError as e:
+                        failed = _fail(result, f"video packet at pts {packet.pts}: {e}")
+                        continue
+                    for frame in frames:
+                        if frame.is_corrupt:
+                            failed = _fail(result, f"video frame at pts {frame.pts} decoded with errors")
+                            break
+                        if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                            raise Blocked(Reason.BAD_TIMESTAMPS,
+                                          f"frame {result.decoded} has pts {frame.pts} after {last_pts}")
+                        if encoder is None:
+                            result.geometry = plan_geometry(
+                                probe.stored_width, probe.stored_height, probe.sar,
+                                clockwise_rotation(frame), config.max_height)
+                            encoder = _video_encoder(output, config, result.geometry, time_base,
+                                                     probe.avg_rate)
+                            shaper = FrameShaper(result.geometry, time_base)
+                            result.first_pts = frame.pts
+                            if audio_in is not None:
+                                audio = OpusAudio(output, audio_in, config.audio_bitrate_kbps)
+                                for waiting in early_audio:
+                                    encode_audio(waiting)
+                                early_audio.clear()
+                        shaped = shaper.shape(frame)
+                        spill.append(frame.pts, luma_signature(shaped))
+                        stats.add(frame.pts, frame.duration or 0)
+                        last_pts = frame.pts
+                        result.decoded += 1
+                        output.mux(encoder.encode(shaped))
+                elif not failed:
+                    if audio is None:
+                        early_audio.append(packet)
+                    else:
+                        encode_audio(packet)
+        except av.error.FFmpegError as e:
+            # The demuxer itself gave up: the file ends early or is damaged.
+            failed = _fail(result, f"demuxing stopped after {result.frame_count} frames: {e}")
+        if encoder is not None and not failed:
+            output.mux(encoder.encode(None))
+            if audio is not None:
+                output.mux(audio.flush())
+                result.audio_frames_out = audio.frames_out
+    except av.error.FFmpegError as e:
+        raise Blocked(Reason.ENCODE_ERROR, f"encoding failed: {e}") from e
+    finally:
+        try:
+            output.close()
+        except av.error.FFmpegError:
+            pass  # nothing was written (no frame decoded): the clip is blocked anyway
+        spill.close()
+        result.encode_seconds = time.perf_counter() - started
+    stats.finish()
+    try:
+        _judge(result)
+    except Blocked as b:
+        b.result = result  # type: ignore[attr-defined]
+        raise
+    return result
+
+
+def _fail(result: TranscodeResult, message: str) -> bool:
+    result.errors.append(message)
+    return True
+
+
+def _judge(result: TranscodeResult) -> None:
+    """Turn what happened while decoding into a verdict (raises `Blocked`)."""
+    probe = result.probe
+    demuxed = result.frame_count + result.discarded
+    header = probe.header_frame_count
+    if header and demuxed < header:
+        raise Blocked(Reason.TRUNCATED,
+                      f"the header lists {header} video frames but only {demuxed} are in the file"
+                      + (f"; {result.errors[0]}" if result.errors else ""))
+    if result.errors:
+        raise Blocked(Reason.DECODE_ERROR, f"{len(result.errors)} decode error(s), first: "
+                      f"{result.errors[0]}; not converted to fewer frames")
+    if result.frame_count == 0:
+        raise Blocked(Reason.NO_FRAMES, "the video stream has no frames")
+    if result.decoded != result.frame_count:
+        raise Blocked(Reason.DECODE_ERROR,
+                      f"decoded {result.decoded} frames but the stream has {result.frame_count}")

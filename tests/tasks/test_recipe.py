@@ -1,0 +1,75 @@
+import pytest
+
+from configs import CONFIG_DIR
+from tasks.errors import ConfigError
+from tasks.recipe import load_recipe, parse_recipe
+
+
+def test_bundled_recipes_load():
+    for path in CONFIG_DIR.glob("*.yaml"):
+        recipe = load_recipe(path)
+        assert recipe.version == 1
+    assert load_recipe().convert.codec == "vp9"
+
+
+def test_recipe_is_frozen():
+    recipe = load_recipe()
+    with pytest.raises(Exception):
+        recipe.convert.crf = 10  # type: ignore[misc]
+
+
+def _error(tmp_path, text: str) -> str:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message
+    return message
+
+
+def test_unknown_key_names_path_and_allowed(tmp_path):
+    message = _error(tmp_path, "convert:\n  crff: 3\n")
+    assert "convert.crff: unknown key" in message
+    assert "crf" in message and "codec" in message
+
+
+def test_wrong_type(tmp_path):
+    message = _error(tmp_path, "convert:\n  crf: '30'\n")
+    assert "convert.crf" in message and "integer" in message
+
+
+def test_out_of_range(tmp_path):
+    assert "convert.crf: must be at most 63 (got 99)" in _error(tmp_path, "convert: {crf: 99}\n")
+    assert "run.max_parallel_clips: must be at least 1" in _error(tmp_path, "run: {max_parallel_clips: 0}\n")
+
+
+def test_bad_choice(tmp_path):
+    message = _error(tmp_path, "convert: {codec: h264}\n")
+    assert "convert.codec" in message and "'vp9' or 'vp8'" in message
+
+
+def test_not_yaml_and_not_mapping(tmp_path):
+    assert "not valid YAML at line 3" in _error(tmp_path, "convert:\n  crf: [1,\n")
+    assert "a recipe is a mapping" in _error(tmp_path, "- 1\n- 2\n")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_secret_is_never_echoed():
+    with pytest.raises(ConfigError) as info:
+        parse_recipe({"storage": {"secret": 12345678}}, "r.yaml")
+    assert "12345678" not in str(info.value)
+    recipe = parse_recipe({"storage": {"key": "AKIAEXAMPLE", "secret": "s3cr3t-value"}})
+    assert "s3cr3t-value" not in repr(recipe)
+
+
+def test_convert_key_follows_settings():
+    a = parse_recipe({})
+    b = parse_recipe({"convert": {"crf": 20}})
+    c = parse_recipe({"run": {"max_parallel_clips": 7}})
+    assert a.convert_key() != b.convert_key()
+    assert a.convert_key() == c.convert_key()  # parallelism does not change outputs
