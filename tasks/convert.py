@@ -67,6 +67,7 @@ class FrameShaper:
             self._graph.push(frame)
             out = self._graph.pull()
         out.pts = frame.pts
+        out.duration = frame.duration  # lets the muxer store the last frame's length
         out.time_base = self.time_base
         return out
 
@@ -113,13 +114,11 @@ class OpusAudio:
 
 def _video_encoder(output, config: ConvertConfig, geometry: Geometry, time_base: Fraction,
                    rate: Fraction | None):
-    stream = output.add_stream(ENCODERS[config.codec])
+    stream = output.add_stream(ENCODERS[config.codec], rate=rate)
     cc = stream.codec_context
     cc.width, cc.height = geometry.width, geometry.height
     cc.pix_fmt = OUTPUT_PIX_FMT
     cc.time_base = time_base  # source ticks: every PTS survives exactly
-    if rate:
-        cc.framerate = rate
     cc.sample_aspect_ratio = Fraction(1, 1)
     cc.thread_count = config.threads
     options = {"deadline": config.deadline, "cpu-used": str(config.speed),
@@ -225,8 +224,12 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
                             result.geometry = plan_geometry(
                                 probe.stored_width, probe.stored_height, probe.sar,
                                 clockwise_rotation(frame), config.max_height)
+                            # The rate hint becomes WebM's DefaultDuration (the length players
+                            # give a frame): the average for a steady source, the base rate
+                            # (finest spacing) for a variable one, whose average no frame has.
                             encoder = _video_encoder(output, config, result.geometry, time_base,
-                                                     probe.avg_rate)
+                                                     probe.avg_rate if probe.avg_rate == probe.real_rate
+                                                     else probe.real_rate)
                             shaper = FrameShaper(result.geometry, time_base)
                             result.first_pts = frame.pts
                             if audio_in is not None:

@@ -131,13 +131,17 @@ def verify_webm(path: str, spill: SignatureSpill, *, source_time_base: Fraction,
     if src_rate and out_rate and abs(out_rate / src_rate - 1) > 1e-3:
         raise Blocked(Reason.RATE_MISMATCH, f"measured rate {float(out_rate):.4f} fps, "
                       f"source {float(src_rate):.4f} fps")
+    # Duration: the span from first to last frame must match (every timestamp already
+    # did); the last frame's own length is what the WebM states for it (its default
+    # duration), reported but not judged: WebM stores no per-frame length to compare.
     source_duration = float(source_duration_ticks * source_time_base)
-    last_frame = float(last_out_duration * out_tb) if last_out_duration else (
-        float(source_duration - float(last_src - first_src)) if n else 0.0)
-    output_duration = float(last_out - first_out) + last_frame if n else 0.0
-    if abs(output_duration - source_duration) > 0.0015:
-        raise Blocked(Reason.DURATION_MISMATCH, f"WebM lasts {output_duration:.4f} s, "
-                      f"source {source_duration:.4f} s")
+    src_span = float(last_src - first_src) if n else 0.0
+    out_span = float(last_out - first_out) if n else 0.0
+    if abs(out_span - src_span) > 2 * TIMESTAMP_TOLERANCE_S:
+        raise Blocked(Reason.DURATION_MISMATCH, f"WebM spans {out_span:.4f} s from first to "
+                      f"last frame, source {src_span:.4f} s")
+    output_duration = out_span + (float(last_out_duration * out_tb) if last_out_duration
+                                  else source_duration - src_span)
     return ParityReport(
         output_frames=n, timestamp_max_error_ms=round(max_ts_error * 1000, 4),
         source_fps_measured=_rate_text(src_rate), output_fps_measured=_rate_text(out_rate),

@@ -50,9 +50,34 @@ def open_media(reader, size: int) -> av.container.InputContainer:
         return av.open(reader, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as e:
         message = str(e).replace(": '<none>'", "")  # PyAV names file objects '<none>'
-        if "moov atom not found" in message or isinstance(e, av.error.EOFError):
-            raise Blocked(Reason.TRUNCATED, f"the file ends before its index: {message}") from e
+        if isinstance(e, av.error.EOFError) or _mp4_without_index(reader, size):
+            raise Blocked(Reason.TRUNCATED, "an MP4/MOV file whose index (moov) is missing: "
+                          "the recording was cut off before it was finalised") from e
         raise Blocked(Reason.UNREADABLE, f"not a readable media file: {message}") from e
+
+
+def _mp4_without_index(reader, size: int) -> bool:
+    """True for an ISO-BMFF file (ftyp first) with no 'moov' box: a recording cut short.
+
+    FFmpeg says "moov atom not found" only in its log, so the top-level boxes are walked
+    here (a few small reads at box boundaries).
+    """
+    boxes, pos = [], 0
+    while pos + 8 <= size and len(boxes) < 256:
+        reader.seek(pos)
+        head = reader.read(16)
+        if len(head) < 8:
+            break
+        length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+        if length == 1 and len(head) == 16:
+            length = int.from_bytes(head[8:16], "big")
+        elif length == 0:
+            length = size - pos
+        if length < 8 or not kind.isascii():
+            break
+        boxes.append(kind)
+        pos += length
+    return bool(boxes) and boxes[0] == b"ftyp" and b"moov" not in boxes
 
 
 def video_streams(container) -> list:

@@ -3,7 +3,8 @@
 Every maker takes the output ``path`` first and returns the path it wrote. The picture
 content (:func:`render_frame`) makes each frame identifiable from a 16x12 luma thumbnail
 (:func:`identify_frame`), so a one-frame shift in a converted copy is detectable. Files are
-byte-identical between runs (single-threaded encoders, ``fflags=+bitexact``).
+byte-identical between runs on one machine and build (single-threaded encoders,
+``fflags=+bitexact``); :data:`KINDS` maps a name to each maker for parametrized tests.
 
 Facts about PyAV 18.1 (FFmpeg 8: libavformat 62.12, libavcodec 62.28, x264 core 165), each
 checked by an assertion in ``tests/test_synth.py``:
@@ -70,15 +71,16 @@ and ``av.logging.Capture()`` collects nothing. After ``av.logging.set_level(av.l
   early, and the last packet is partial with ``packet.is_corrupt`` True (warning "Packet
   corrupt (stream = 0, dts = ...)", error "stream 0, offset 0x...: partial file").
   Decoding that packet raises InvalidDataError ("Error splitting the input into NAL
-  units") with the default slice threading; with ``thread_type = "FRAME"`` or "AUTO" it
-  does NOT raise and the frames are silently fewer (observed: 16 vs 14 of 30).
+  units") with the default ``stream.thread_type`` (SLICE); with ``thread_type = "FRAME"``
+  or "AUTO" it does NOT raise and the frames are silently fewer (observed: 16 vs 14 of 30).
 - Corrupted mdat (``make_corrupted``): ``av.open`` and demux are clean (all 60 packets, full
   sizes, no ``is_corrupt``: the index is intact). ``stream.decode(packet)`` raises
   InvalidDataError for each packet whose NAL length prefix became garbage (log: "Invalid NAL
-  unit size (...)", "Error splitting the input into NAL units."); frames depending on a lost
-  one are decoded with concealment and only those get ``frame.is_corrupt`` True (log:
-  "error while decoding MB ...", "co located POCs unavailable"). The lost frames are simply
-  absent (observed: 7 raising packets, 53 of 60 frames, 1 flagged). ``container.decode()``
+  unit size (...)", "Error splitting the input into NAL units."); the frames of those
+  packets are simply absent. A frame that referenced a lost one comes out concealed, and
+  such frames are the ones flagged ``frame.is_corrupt`` (log "co located POCs unavailable",
+  or "error while decoding MB ..." when a slice itself is damaged). Observed: 7 raising
+  packets, 53 of 60 frames, 1 flagged. ``container.decode()``
   re-raises the first error and its generator is then finished, so decode packet by packet
   to go on past it. Detection: any InvalidDataError, or decoded count < ``stream.frames``,
   or any ``frame.is_corrupt``; ``is_corrupt`` alone under-reports.
@@ -119,6 +121,7 @@ __all__ = [
     "make_zero_bytes",
     "mp4_boxes",
     "render_frame",
+    "vfr_times",
 ]
 
 # ---------------------------------------------------------------------------
@@ -129,8 +132,8 @@ __all__ = [
 _GRID_COLS, _GRID_ROWS = 8, 6
 # The background is three sine waves whose phase advances by 7/37 of a period per frame.
 # 37 and 48 are coprime, so (background phase, block cells) repeats only after 1776 frames;
-# any two of the first 100 frames differ by >= 8 luma levels on average in their thumbnails,
-# neighbours by >= 29, while lossy coding leaves a decoded frame ~1-2.5 levels from its source.
+# at 160 x 120 any two of the first 100 frames differ by >= 8 luma levels on average in their
+# thumbnails, neighbours by >= 29, while lossy coding leaves a decoded frame ~1-2.5 levels away.
 _BG_PERIOD = 37
 _BG_STEP = 7
 # Thumbnails are 16 x 12 (width, height): at 160 x 120 a block (20 x 20 px) covers 2 x 2
@@ -472,7 +475,12 @@ def make_truncated(path: pathlib.Path, faststart: bool, *, keep: float = 0.6, fr
 
 
 def make_corrupted(path: pathlib.Path, *, frames: int = 60, gop: int = 15) -> pathlib.Path:
-    """Write a valid clip, then overwrite part of the media data (not the header) with noise."""
+    """Write a valid clip (``gop``-frame GOPs), then overwrite media data with noise.
+
+    The bytes from 40% to 50% of the way through the mdat box get seeded random values; the
+    ftyp/moov boxes and the first and last GOPs stay intact, so the file opens and demuxes
+    cleanly and only decoding fails (see the module docstring for how).
+    """
     path = pathlib.Path(path)
     make_clip(path, frames=frames, gop=gop)
     data = bytearray(path.read_bytes())

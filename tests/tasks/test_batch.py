@@ -1,0 +1,112 @@
+"""A whole batch without Prefect: the items table, reruns that skip, and what redoes work."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pyarrow.parquet as pq
+
+from tasks.batch import run_batch
+from tasks.items import SCHEMA
+from tasks.recipe import parse_recipe
+from tests import synth
+
+REQUIRED = ["source_uri", "recording", "clip_index", "fingerprint", "frame_count",
+            "global_first_frame", "fps", "width", "height", "status", "reason", "output_uri"]
+
+
+def rows(out) -> list[dict]:
+    return pq.read_table(out / "items.parquet").to_pylist()
+
+
+def test_convert_then_rerun_skips(tmp_path, dataset):
+    out = tmp_path / "out"
+    recipe = parse_recipe({})
+    summary = run_batch(str(dataset), str(out), recipe, "convert")
+    assert summary.counts == {"converted": 2} and summary.blocked == 0
+    table = pq.read_table(out / "items.parquet")
+    assert table.schema == SCHEMA and set(REQUIRED) <= set(table.column_names)
+    first = rows(out)
+    assert [(r["clip_name"], r["clip_index"], r["global_first_frame"]) for r in first] == [
+        ("2.mp4", 0, 0), ("10.mp4", 1, 120)]
+    assert first[1]["recording_start_s"] == 4.004
+    webms = sorted((out / "cam").glob("*.webm"))
+    assert [p.name for p in webms] == ["10.webm", "2.webm"]
+    mtimes = [p.stat().st_mtime_ns for p in webms]
+
+    again = run_batch(str(dataset), str(out), recipe, "convert")
+    assert again.counts == {"skipped": 2}
+    assert [p.stat().st_mtime_ns for p in webms] == mtimes  # nothing rewritten
+    second = rows(out)
+    assert [r["fingerprint"] for r in second] == [r["fingerprint"] for r in first]
+    assert not (out / ".tmp").exists() or not os.listdir(out / ".tmp")
+
+
+def test_changed_clip_with_same_name_is_redone(tmp_path, dataset):
+    out = tmp_path / "out"
+    recipe = parse_recipe({})
+    run_batch(str(dataset), str(out), recipe, "convert")
+    before = {r["clip_name"]: r for r in rows(out)}
+    synth.make_clip(dataset / "cam" / "10.mp4", frames=12)  # new content, same name
+    summary = run_batch(str(dataset), str(out), recipe, "convert")
+    assert summary.counts == {"skipped": 1, "converted": 1}
+    after = {r["clip_name"]: r for r in rows(out)}
+    assert after["10.mp4"]["status"] == "converted" and after["10.mp4"]["frame_count"] == 12
+    assert after["10.mp4"]["fingerprint"] != before["10.mp4"]["fingerprint"]
+    assert after["2.mp4"]["status"] == "skipped"
+
+
+def test_changed_recipe_or_lost_output_is_redone(tmp_path, dataset):
+    out = tmp_path / "out"
+    run_batch(str(dataset), str(out), parse_recipe({}), "convert")
+    summary = run_batch(str(dataset), str(out), parse_recipe({"convert": {"crf": 40}}), "convert")
+    assert summary.counts == {"converted": 2}
+    os.unlink(out / "cam" / "2.webm")
+    summary = run_batch(str(dataset), str(out), parse_recipe({"convert": {"crf": 40}}), "convert")
+    assert summary.counts == {"converted": 1, "skipped": 1}
+
+
+def test_ingest_probes_without_writing_video(tmp_path, dataset):
+    out = tmp_path / "out"
+    summary = run_batch(str(dataset), str(out), parse_recipe({}), "ingest")
+    assert summary.counts == {"ingested": 2}
+    got = rows(out)
+    assert [r["frame_count"] for r in got] == [120, 120]
+    assert all(r["fps"] == "30000/1001" and r["output_uri"] is None for r in got)
+    assert all(r["header_frame_count"] == 120 for r in got)
+    assert not list(out.rglob("*.webm"))
+    assert run_batch(str(dataset), str(out), parse_recipe({}), "ingest").counts == {"skipped": 2}
+    # converting after an ingest does the conversion (ingest made no WebM)
+    assert run_batch(str(dataset), str(out), parse_recipe({}), "convert").counts == {"converted": 2}
+
+
+def test_bad_clips_do_not_stop_the_batch(tmp_path, dataset):
+    for kind in ("zero_bytes", "text_as_mp4", "corrupted"):
+        synth.KINDS[kind](dataset / "cam" / f"{kind}.mp4")
+    out = tmp_path / "out"
+    summary = run_batch(str(dataset), str(out), parse_recipe({}), "convert")
+    assert summary.counts == {"converted": 2, "blocked": 3}
+    assert summary.reasons == {"empty_file": 1, "unreadable": 1, "decode_error": 1}
+    # blocked clips are not retried while unchanged, and stay blocked
+    assert run_batch(str(dataset), str(out), parse_recipe({}), "convert").counts == {
+        "skipped": 2, "blocked": 3}
+
+
+def test_output_inside_dataset_is_not_ingested(tmp_path, dataset):
+    out = dataset / "out"
+    run_batch(str(dataset), str(out), parse_recipe({}), "convert")
+    summary = run_batch(str(dataset), str(out), parse_recipe({}), "convert")
+    assert summary.total == 2
+
+
+def test_odd_keys_stay_inside_out(tmp_path, samples):
+    src = tmp_path / "src" / "we ird$rec"
+    src.mkdir(parents=True)
+    shutil.copy(samples["carphone_distorted"], src / "..clip 1?.mp4")
+    out = tmp_path / "out"
+    run_batch(str(tmp_path / "src"), str(out), parse_recipe({}), "convert")
+    (row,) = rows(out)
+    assert row["status"] == "converted"
+    assert os.path.realpath(row["output_uri"]).startswith(str(out) + os.sep)
+    assert row["recording"] == "we ird$rec" and row["clip_name"] == "..clip 1?.mp4"
