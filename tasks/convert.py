@@ -172,7 +172,8 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
     video.thread_type = "AUTO"
     audio_in = container.streams.audio[0] if (config.audio and container.streams.audio) else None
 
-    output = av.open(output_path, mode="w", format="webm")
+    # bitexact: no random segment/track UIDs, so a rerun writes the very same bytes.
+    output = av.open(output_path, mode="w", format="webm", options={"fflags": "+bitexact"})
     started = time.perf_counter()
     stats = TimestampStats()
     result = TranscodeResult(probe=probe, geometry=None, frame_count=0, discarded=0,  # type: ignore[arg-type]

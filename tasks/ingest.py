@@ -50,8 +50,11 @@ def plan_clips(src: Location, recipe: Recipe, exclude: str | None = None) -> lis
     objects = list_objects(src, recipe.ingest.extensions, exclude=exclude)
     groups: dict[tuple[str, ...], list[tuple[str, SourceObject]]] = defaultdict(list)
     for obj in objects:
-        rel = posixpath.relpath(obj.path, src.root) if obj.path != src.root else posixpath.basename(obj.path)
-        parts = [p for p in rel.split("/") if p]  # keys like "a//b" or "/abs" give empty parts
+        # Keys are data: strip the root as text (relpath would resolve "..") and keep
+        # every part; "a//b" or "/abs" give empty parts, dropped here.
+        prefix = src.root.rstrip("/") + "/"
+        rel = obj.path[len(prefix):] if obj.path.startswith(prefix) else posixpath.basename(obj.path)
+        parts = [p for p in rel.split("/") if p]
         name = parts[-1] if parts else posixpath.basename(obj.path)
         if recipe.ingest.recording_by == "file":
             folder = tuple(parts[:-1]) + (posixpath.splitext(name)[0],)
