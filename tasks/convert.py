@@ -10,6 +10,8 @@ disk for the parity proof (`tasks/parity.py`).
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -112,6 +114,65 @@ class OpusAudio:
         return self.encode(None) + list(self.stream.encode(None))
 
 
+class EncodeWorker:
+    """Encodes video frames and muxes every packet on its own thread.
+
+    Decoding the next source frames then overlaps with encoding (PyAV releases the GIL
+    inside codec calls), which is where a one-loop converter leaves a core idle. The queue
+    is short, so memory stays bounded; the output container is touched by this thread only.
+    """
+
+    DEPTH = 6
+
+    def __init__(self, output, encoder):
+        self._output, self._encoder = output, encoder
+        self._queue: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="webm-encoder", daemon=True)
+        self._thread.start()
+
+    def frame(self, frame) -> None:
+        self._put(("frame", frame))
+
+    def packets(self, packets: list) -> None:
+        if packets:
+            self._put(("packets", packets))
+
+    def finish(self, flush: bool) -> None:
+        """Flush the encoder (or just stop, after a failure) and wait for the thread."""
+        if self._thread.is_alive():
+            self._put(("flush" if flush else "stop", None))
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _put(self, item) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            while True:
+                kind, item = self._queue.get()
+                if kind == "frame":
+                    self._output.mux(self._encoder.encode(item))
+                elif kind == "packets":
+                    self._output.mux(item)
+                elif kind == "flush":
+                    self._output.mux(self._encoder.encode(None))
+                    return
+                else:
+                    return
+        except BaseException as e:  # handed to the producer, which raises it
+            self._error = e
+
+
 def _video_encoder(output, config: ConvertConfig, geometry: Geometry, time_base: Fraction,
                    rate: Fraction | None):
     stream = output.add_stream(ENCODERS[config.codec], rate=rate)
@@ -179,7 +240,7 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
     result = TranscodeResult(probe=probe, geometry=None, frame_count=0, discarded=0,  # type: ignore[arg-type]
                              decoded=0, stats=stats, first_pts=None, audio_frames_out=0,
                              encode_seconds=0.0)
-    encoder = shaper = audio = None
+    encoder = shaper = audio = worker = None
     # Audio that arrives before the first video frame waits (compressed, a few packets):
     # streams must all exist before the muxer writes its header, and video's size is only
     # known from the first decoded frame (rotation).
@@ -195,7 +256,7 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
             failed = _fail(result, f"audio packet at pts {packet.pts}: {e}")
             return
         for frame in frames:
-            output.mux(audio.encode(frame))
+            worker.packets(audio.encode(frame))
 
     try:
         streams = [video] + ([audio_in] if audio_in is not None else [])
@@ -235,6 +296,8 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
                             result.first_pts = frame.pts
                             if audio_in is not None:
                                 audio = OpusAudio(output, audio_in, config.audio_bitrate_kbps)
+                            worker = EncodeWorker(output, encoder)
+                            if audio is not None:
                                 for waiting in early_audio:
                                     encode_audio(waiting)
                                 early_audio.clear()
@@ -243,7 +306,7 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
                         stats.add(frame.pts, frame.duration or 0)
                         last_pts = frame.pts
                         result.decoded += 1
-                        output.mux(encoder.encode(shaped))
+                        worker.frame(shaped)
                 elif not failed:
                     if audio is None:
                         early_audio.append(packet)
@@ -252,14 +315,20 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
         except av.error.FFmpegError as e:
             # The demuxer itself gave up: the file ends early or is damaged.
             failed = _fail(result, f"demuxing stopped after {result.frame_count} frames: {e}")
-        if encoder is not None and not failed:
-            output.mux(encoder.encode(None))
-            if audio is not None:
-                output.mux(audio.flush())
+        if worker is not None:
+            if audio is not None and not failed:
+                worker.packets(audio.flush())
                 result.audio_frames_out = audio.frames_out
+            worker.finish(flush=not failed)
+            worker = None
     except av.error.FFmpegError as e:
         raise Blocked(Reason.ENCODE_ERROR, f"encoding failed: {e}") from e
     finally:
+        if worker is not None:  # an exception above: stop the thread before closing
+            try:
+                worker.finish(flush=False)
+            except BaseException:
+                pass
         try:
             output.close()
         except av.error.FFmpegError:

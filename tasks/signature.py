@@ -17,10 +17,18 @@ RECORD = struct.Struct("<q")  # pts in source time-base ticks, then SIDE*SIDE by
 RECORD_SIZE = RECORD.size + SIDE * SIDE
 
 
+# Large frames are first sampled down to this side with bilinear filtering (about 50 us for
+# 720p, against 450 us for one area resize), then area-averaged to SIDE x SIDE.
+_SAMPLE = 128
+
+
 def luma_signature(frame) -> np.ndarray:
     """Thumbnail of a yuv420p frame's Y plane (no colour conversion: cheap and exact)."""
     plane = frame.planes[0]
     y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
+    if frame.width > _SAMPLE or frame.height > _SAMPLE:
+        y = cv2.resize(y, (min(frame.width, _SAMPLE), min(frame.height, _SAMPLE)),
+                       interpolation=cv2.INTER_LINEAR)
     return cv2.resize(y, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
 
 

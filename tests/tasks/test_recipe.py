@@ -73,3 +73,4 @@ def test_convert_key_follows_settings():
     c = parse_recipe({"run": {"max_parallel_clips": 7}})
     assert a.convert_key() != b.convert_key()
     assert a.convert_key() == c.convert_key()  # parallelism does not change outputs
+
