@@ -188,3 +188,36 @@ def test_rotation_is_applied_to_pixels(tmp_path, kind, k):
         upright = np.rot90(synth.render_frame(i, (w, h)), k=k)
         got = synth.luma_thumb(frame)
         assert np.abs(got - synth.luma_thumb(upright)).mean() < 6
+
+
+# --- recipe options -------------------------------------------------------------------------
+
+def test_vp8_option(tmp_path):
+    row = run_one(tmp_path, "clip_audio", convert={"codec": "vp8"})
+    assert_converted(row)
+    with av.open(row["output_uri"]) as c:
+        assert c.streams.video[0].codec_context.name == "vp8"
+    assert row["output_codec"] == "vp8"
+
+
+def test_max_height_caps_size_keeping_aspect(tmp_path):
+    row = run_one(tmp_path, "anamorphic", convert={"max_height": 60, "crf": 40, "speed": 6})
+    frames = assert_converted(row)
+    assert frames[0].height == 60 == row["output_height"]
+    assert frames[0].width == round(row["width"] * 60 / row["height"]) == row["output_width"]
+    assert (row["width"], row["height"]) != (row["output_width"], row["output_height"])
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("rotated", {"rotation": 270, "width": 120, "height": 160}),
+    ("vfr", {"vfr": True, "frame_count": 20}),
+    ("2997", {"fps": "30000/1001", "real_fps": "30000/1001", "time_base": "1/30000"}),
+    ("edit_list_trim", {"frame_count": 25, "discarded_frames": 5, "header_frame_count": 30}),
+    ("10bit", {"bit_depth": 10, "pix_fmt": "yuv420p10le", "video_codec": "hevc"}),
+    ("clip_audio", {"audio_codec": "aac", "audio_channels": 2, "audio_sample_rate": 48000}),
+])
+def test_ingest_probe_fields(tmp_path, kind, expected):
+    row = run_one(tmp_path, kind, mode="ingest")
+    assert row["status"] == "ingested", row["detail"]
+    assert {k: row[k] for k in expected} == expected
+    assert row["fingerprint"].startswith("b2:") and row["container"].startswith("mov")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow.parquet as pq
 import pytest
@@ -41,7 +42,8 @@ def s3(s3_server, monkeypatch):
     return fs
 
 
-def test_s3_ingest_convert_rerun(s3, samples):
+def test_s3_ingest_convert_rerun(s3, samples, caplog):
+    caplog.set_level(logging.INFO)
     s3.put(str(samples["carphone_pristine"]), f"{BUCKET}/data/cam/2.mp4")
     s3.put(str(samples["carphone_distorted"]), f"{BUCKET}/data/cam/10.mp4")
     s3.pipe(f"{BUCKET}/data/cam/3.mp4", b"not a video")
@@ -62,7 +64,9 @@ def test_s3_ingest_convert_rerun(s3, samples):
 
     assert run_batch(src, out, recipe, "convert").counts == {"skipped": 2, "blocked": 1}
 
-    # nothing we wrote anywhere holds the credentials
+    # nothing we wrote or logged holds the credentials
+    assert "3.mp4: blocked" in caplog.text
+    assert SECRET not in caplog.text
     for key in s3.find(f"{BUCKET}/out"):
         assert SECRET.encode() not in s3.cat_file(key)
 
