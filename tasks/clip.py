@@ -48,8 +48,12 @@ def process_clip(clip: ClipSource, src: Location, out: Location, recipe: Recipe,
             else:
                 _convert(reader, clip, out, recipe, record)
         except Blocked as b:
+            if reader.error is not None:  # the store failed, not the clip: retry, record nothing
+                raise reader.error from b
             record.update(status="blocked", reason=b.reason.value, detail=redact(b.detail),
                           output_uri=None, parity_ok=False if mode == "convert" else None)
+        if reader.error is not None:
+            raise reader.error
         record["fingerprint"] = _fingerprint(reader, src, clip)
     if mode == "convert":
         record["convert_key"] = recipe.convert_key()

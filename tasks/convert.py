@@ -169,7 +169,9 @@ class EncodeWorker:
                     return
                 else:
                     return
-        except BaseException as e:  # handed to the producer, which raises it
+        except av.error.FFmpegError as e:  # handed to the producer, which raises it
+            self._error = Blocked(Reason.ENCODE_ERROR, f"encoding failed: {e}")
+        except BaseException as e:
             self._error = e
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 
+from tasks.errors import StorageError
+from tasks.storage import redact
+
 
 class HashingReader(io.RawIOBase):
     """A read-only, seekable file wrapper that hashes the file's bytes in order.
@@ -29,6 +32,7 @@ class HashingReader(io.RawIOBase):
         self._hashed = 0
         self._hash = hashlib.blake2b(digest_size=16)
         self.bytes_read = 0
+        self.error: StorageError | None = None
 
     def readable(self) -> bool:
         return True
@@ -37,7 +41,12 @@ class HashingReader(io.RawIOBase):
         return True
 
     def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
+        try:
+            data = self._raw.read(n)
+        except Exception as e:  # whatever the store raised: a storage fault, worth a retry
+            # Kept as well as raised: FFmpeg may swallow it and report a short file instead.
+            self.error = StorageError(f"reading failed at byte {self._pos}: {redact(str(e))}")
+            raise self.error from e
         start, end = self._pos, self._pos + len(data)
         if start <= self._hashed < end:
             self._hash.update(memoryview(data)[self._hashed - start:])
@@ -62,11 +71,17 @@ class HashingReader(io.RawIOBase):
         """Digest of the whole file (reads only the ranges not read yet)."""
         if self._hashed < self._size:
             self._raw.seek(self._hashed)
-            while chunk := self._raw.read(4 << 20):
+            while chunk := self.read_raw(4 << 20):
                 self._hash.update(chunk)
                 self._hashed += len(chunk)
                 self.bytes_read += len(chunk)
         return f"b2:{self._hash.hexdigest()}"
+
+    def read_raw(self, n: int) -> bytes:
+        try:
+            return self._raw.read(n)
+        except Exception as e:
+            raise StorageError(f"reading failed: {redact(str(e))}") from e
 
     def close(self) -> None:
         try:

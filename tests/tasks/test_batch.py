@@ -110,3 +110,58 @@ def test_odd_keys_stay_inside_out(tmp_path, samples):
     assert row["status"] == "converted"
     assert os.path.realpath(row["output_uri"]).startswith(str(out) + os.sep)
     assert row["recording"] == "we ird$rec" and row["clip_name"] == "..clip 1?.mp4"
+
+
+class _BreakingFile:
+    """A file whose reads fail after a few kilobytes, as a dropped connection does."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def read(self, n=-1):
+        if self._f.tell() > 4000:
+            raise ConnectionResetError("connection reset by peer")
+        return self._f.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _flaky_filesystem():
+    """A real fsspec filesystem ("flaky://") over local files whose reads break midway."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    class FlakyFileSystem(LocalFileSystem):
+        protocol = "flaky"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(str(path).removeprefix("flaky://"))
+
+        def _open(self, path, mode="rb", **kwargs):
+            return _BreakingFile(super()._open(path, mode, **kwargs))
+
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+
+
+def test_storage_failure_mid_read_is_not_a_verdict(tmp_path, dataset):
+    """A read that fails halfway is a StorageError (which the flow retries), never a clip
+    recorded as truncated or unreadable."""
+    import pytest
+
+    from tasks.clip import process_clip
+    from tasks.errors import StorageError
+    from tasks.ingest import plan_clips
+    from tasks.items import load_record
+    from tasks.storage import open_location
+
+    _flaky_filesystem()
+    src = open_location(f"flaky://{dataset}")
+    out = open_location(str(tmp_path / "out"))
+    recipe = parse_recipe({})
+    clip = plan_clips(src, recipe)[0]
+    for mode in ("ingest", "convert"):
+        with pytest.raises(StorageError, match="connection reset"):
+            process_clip(clip, src, out, recipe, mode)
+    assert load_record(out, clip.clip_id) is None  # nothing recorded: the next run redoes it
