@@ -22,7 +22,6 @@ from tasks.fingerprint import HashingReader
 from tasks.geometry import plan_geometry
 from tasks.ingest import ClipSource
 from tasks.items import empty_record, load_record, save_record
-from tasks.parity import verify_webm
 from tasks.probe import StreamProbe, choose_video_stream, count_by_demux, open_media, probe_streams
 from tasks.recipe import Recipe
 from tasks.signature import SignatureSpill
@@ -172,7 +171,8 @@ def _convert(reader: HashingReader, clip: ClipSource, out: Location, recipe: Rec
         spill = SignatureSpill(spill_path)
         try:
             result = transcode(reader, clip.size, recipe.convert,
-                               recipe.ingest.multiple_video_streams, webm_path, spill)
+                               recipe.ingest.multiple_video_streams, webm_path, spill,
+                               recipe.parity.content_mean_tolerance)
         except BlockedWithProbe as b:
             _fill_probe(record, b.probe)  # a blocked clip's row still says what it is
             if b.result is not None:
@@ -193,10 +193,7 @@ def _convert(reader: HashingReader, clip: ClipSource, out: Location, recipe: Rec
             output_codec=recipe.convert.codec,
         )
         started = time.perf_counter()
-        report = verify_webm(webm_path, spill, source_time_base=tb,
-                             source_duration_ticks=stats.duration_ticks(),
-                             expected_width=geometry.width, expected_height=geometry.height,
-                             content_tolerance=recipe.parity.content_mean_tolerance)
+        report = result.parity.finish(result.decoded, stats.duration_ticks())
         record.update(
             parity_ok=True, output_frames=report.output_frames,
             timestamp_max_error_ms=report.timestamp_max_error_ms,

@@ -10,7 +10,9 @@ disk for the parity proof (`tasks/parity.py`).
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from tasks.geometry import Geometry, plan_geometry
 from tasks.probe import (StreamProbe, TimestampStats, choose_video_stream, clockwise_rotation,
                          open_media, probe_streams)
 from tasks.recipe import ConvertConfig
+from tasks.parity import ConcurrentParity
 from tasks.signature import SignatureSpill, luma_signature
 
 ENCODERS = {"vp9": "libvpx-vp9", "vp8": "libvpx"}
@@ -41,6 +44,7 @@ class TranscodeResult:
     audio_frames_out: int
     encode_seconds: float
     errors: list[str] = field(default_factory=list)
+    parity: ConcurrentParity | None = None  # decoding the WebM behind the muxer
 
 
 class FrameShaper:
@@ -54,6 +58,7 @@ class FrameShaper:
         self.geometry = geometry
         self.time_base = time_base
         self._graph = None
+        self._graph_key = None
 
     def shape(self, frame: av.VideoFrame) -> av.VideoFrame:
         g = self.geometry
@@ -64,11 +69,14 @@ class FrameShaper:
                 out = frame.reformat(width=g.width, height=g.height, format=OUTPUT_PIX_FMT,
                                      interpolation="BICUBIC")
         else:
-            if self._graph is None:
-                self._graph = self._build_graph(frame)
+            key = (frame.width, frame.height, frame.format.name)
+            if self._graph is None or self._graph_key != key:  # a graph serves one input shape
+                self._graph, self._graph_key = self._build_graph(frame), key
             self._graph.push(frame)
             out = self._graph.pull()
         out.pts = frame.pts
+        # The source's picture types would force VP9 keyframes where the source had them.
+        out.pict_type = av.video.frame.PictureType.NONE
         out.duration = frame.duration  # lets the muxer store the last frame's length
         out.time_base = self.time_base
         return out
@@ -184,7 +192,10 @@ def _video_encoder(output, config: ConvertConfig, geometry: Geometry, time_base:
     cc.time_base = time_base  # source ticks: every PTS survives exactly
     cc.sample_aspect_ratio = Fraction(1, 1)
     cc.thread_count = config.threads
-    options = {"deadline": config.deadline, "cpu-used": str(config.speed),
+    # VP8 with a positive cpu-used adapts its speed to measured encode time, so its output
+    # changes run to run; a negative value is the same speed, fixed (and deterministic).
+    speed = config.speed if config.codec == "vp9" else -config.speed
+    options = {"deadline": config.deadline, "cpu-used": str(speed),
                "crf": str(config.crf), "auto-alt-ref": "0", "lag-in-frames": "0"}
     if config.codec == "vp9":
         options["row-mt"] = "1"
@@ -199,7 +210,8 @@ def _video_encoder(output, config: ConvertConfig, geometry: Geometry, time_base:
 
 
 def transcode(reader, size: int, config: ConvertConfig, multiple_video_streams: str,
-              output_path: str, spill: SignatureSpill) -> TranscodeResult:
+              output_path: str, spill: SignatureSpill, content_tolerance: float = 12.0
+              ) -> TranscodeResult:
     """Decode ``reader`` once and write the WebM at ``output_path``.
 
     Raises `Blocked` for sources that cannot be trusted; a decode error never yields a
@@ -207,7 +219,8 @@ def transcode(reader, size: int, config: ConvertConfig, multiple_video_streams: 
     """
     container = open_media(reader, size)
     try:
-        return _transcode_open(container, config, multiple_video_streams, output_path, spill)
+        return _transcode_open(container, config, multiple_video_streams, output_path, spill,
+                               content_tolerance)
     finally:
         container.close()
 
@@ -221,28 +234,35 @@ class BlockedWithProbe(Blocked):
         self.result = result
 
 
-def _transcode_open(container, config, policy, output_path, spill) -> TranscodeResult:
+def _transcode_open(container, config, policy, output_path, spill, tolerance) -> TranscodeResult:
     video = choose_video_stream(container, policy)
     probe = probe_streams(container, video)
     try:
-        return _transcode_stream(container, video, probe, config, output_path, spill)
+        return _transcode_stream(container, video, probe, config, output_path, spill, tolerance)
     except Blocked as b:
         raise BlockedWithProbe(b, probe, getattr(b, "result", None)) from b
 
 
-def _transcode_stream(container, video, probe, config, output_path, spill) -> TranscodeResult:
+def _transcode_stream(container, video, probe, config, output_path, spill, tolerance
+                      ) -> TranscodeResult:
     time_base = probe.time_base
     video.thread_type = "AUTO"
     audio_in = container.streams.audio[0] if (config.audio and container.streams.audio) else None
 
+    # The parity reader waits for this file to appear: never let it see an older one.
+    if os.path.exists(output_path):
+        os.unlink(output_path)
     # bitexact: no random segment/track UIDs, so a rerun writes the very same bytes.
-    output = av.open(output_path, mode="w", format="webm", options={"fflags": "+bitexact"})
+    # Clusters of at most 1 s: the parity reader trails the muxer by one cluster, so the
+    # decode left to do after the file is closed is short.
+    output = av.open(output_path, mode="w", format="webm",
+                     options={"fflags": "+bitexact", "cluster_time_limit": "1000"})
     started = time.perf_counter()
     stats = TimestampStats()
     result = TranscodeResult(probe=probe, geometry=None, frame_count=0, discarded=0,  # type: ignore[arg-type]
                              decoded=0, stats=stats, first_pts=None, audio_frames_out=0,
                              encode_seconds=0.0)
-    encoder = shaper = audio = worker = None
+    encoder = shaper = audio = worker = parity = None
     # Audio that arrives before the first video frame waits (compressed, a few packets):
     # streams must all exist before the muxer writes its header, and video's size is only
     # known from the first decoded frame (rotation).
@@ -299,6 +319,11 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
                             if audio_in is not None:
                                 audio = OpusAudio(output, audio_in, config.audio_bitrate_kbps)
                             worker = EncodeWorker(output, encoder)
+                            parity = result.parity = ConcurrentParity(
+                                output_path, spill.path, source_time_base=time_base,
+                                expected_width=result.geometry.width,
+                                expected_height=result.geometry.height,
+                                content_tolerance=tolerance)
                             if audio is not None:
                                 for waiting in early_audio:
                                     encode_audio(waiting)
@@ -309,6 +334,8 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
                         last_pts = frame.pts
                         result.decoded += 1
                         worker.frame(shaped)
+                        if parity.failed:  # no use encoding further: the clip is blocked
+                            raise parity.error
                 elif not failed:
                     if audio is None:
                         early_audio.append(packet)
@@ -336,11 +363,17 @@ def _transcode_stream(container, video, probe, config, output_path, spill) -> Tr
         except av.error.FFmpegError:
             pass  # nothing was written (no frame decoded): the clip is blocked anyway
         spill.close()
+        if parity is not None:
+            parity.writer_done()
+            if sys.exc_info()[0] is not None:  # leaving with an error: stop the reader too
+                parity.abort()
         result.encode_seconds = time.perf_counter() - started
     stats.finish()
     try:
         _judge(result)
     except Blocked as b:
+        if parity is not None:
+            parity.abort()
         b.result = result  # type: ignore[attr-defined]
         raise
     return result

@@ -45,8 +45,8 @@ class SignatureSpill:
         self.count = 0
 
     def append(self, pts: int, signature: np.ndarray) -> None:
-        self._file.write(RECORD.pack(pts))
-        self._file.write(signature.tobytes())
+        self._file.write(RECORD.pack(pts) + signature.tobytes())
+        self._file.flush()  # the parity thread reads it while we write
         self.count += 1
 
     def close(self) -> None:
