@@ -6,6 +6,10 @@ variable frame rate stays variable and edit-list-hidden frames (dropped by FFmpe
 decoder) stay hidden. Rotation and anamorphic pixels are applied to the pixels; the
 output is always 8-bit 4:2:0. While encoding, each frame's luma signature is spilled to
 disk for the parity proof (`tasks/parity.py`).
+
+Three threads share the work: this one demuxes, decodes and shapes; `EncodeWorker` encodes
+and muxes; `ConcurrentParity` decodes the file behind the muxer. Queues are short, so
+memory does not grow with the clip.
 """
 
 from __future__ import annotations
