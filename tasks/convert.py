@@ -24,6 +24,7 @@ from tasks.encoding import ENCODERS, EncodeWorker, FrameShaper, OpusAudio, video
 from tasks.errors import Blocked, Reason
 from tasks.geometry import Geometry, plan_geometry
 from tasks.parity import ConcurrentParity
+from tasks.priority import DECODE_NICE, run_in_thread
 from tasks.probe import (StreamProbe, TimestampStats, choose_video_stream, clockwise_rotation,
                          open_media, probe_streams)
 from tasks.recipe import ConvertConfig
@@ -107,14 +108,16 @@ class _Transcoder:
         self.output = av.open(self.output_path, mode="w", format="webm",
                               options={"fflags": "+bitexact", "cluster_time_limit": "1000"})
         started = time.perf_counter()
+        # The encoder thread is created here, at the caller's priority; demuxing and
+        # decoding run on a thread of lower priority (see tasks/priority.py).
+        self.worker = EncodeWorker(self.output)
         try:
-            self._pump()
-            if self.worker is not None:
-                if self.audio is not None and not self.failed:
-                    self.worker.packets(self.audio.flush())
-                    self.result.audio_frames_out = self.audio.frames_out
-                self.worker.finish(flush=not self.failed)
-                self.worker = None
+            run_in_thread(self._pump, name="source-decoder", nice=DECODE_NICE)
+            if self.audio is not None and not self.failed:
+                self.worker.packets(self.audio.flush())
+                self.result.audio_frames_out = self.audio.frames_out
+            self.worker.finish(flush=not self.failed)
+            self.worker = None
         except BaseException as e:
             self._close(error=True)
             if isinstance(e, av.error.FFmpegError):
@@ -169,7 +172,7 @@ class _Transcoder:
         if frame.pts is None or (self.last_pts is not None and frame.pts <= self.last_pts):
             raise Blocked(Reason.BAD_TIMESTAMPS,
                           f"frame {result.decoded} has pts {frame.pts} after {self.last_pts}")
-        if self.worker is None:
+        if self.shaper is None:
             self._start_output(frame)
         shaped = self.shaper.shape(frame)
         self.spill.append(frame.pts, luma_signature(shaped))
@@ -194,7 +197,7 @@ class _Transcoder:
         result.first_pts = first_frame.pts
         if self.audio_in is not None:
             self.audio = OpusAudio(self.output, self.audio_in, self.config.audio_bitrate_kbps)
-        self.worker = EncodeWorker(self.output, encoder)
+        self.worker.use(encoder)
         self.parity = result.parity = ConcurrentParity(
             self.output_path, self.spill.path, source_time_base=probe.time_base,
             expected_width=result.geometry.width, expected_height=result.geometry.height,
@@ -205,7 +208,7 @@ class _Transcoder:
 
     def _audio_packet(self, packet) -> None:
         if self.audio is None:
-            if self.worker is None:
+            if self.shaper is None:  # no video frame yet: the streams do not exist
                 self.early_audio.append(packet)
             return
         try:

@@ -100,17 +100,22 @@ class EncodeWorker:
 
     Decoding the next source frames then overlaps with encoding (PyAV releases the GIL
     inside codec calls), which is where a one-loop converter leaves a core idle. The queue
-    is short, so memory stays bounded; the output container is touched by this thread only.
+    is short, so memory stays bounded; the output container is written by this thread only.
+    Create it from a full-priority thread: libvpx's threads inherit this one's priority.
     """
 
     DEPTH = 6
 
-    def __init__(self, output, encoder):
-        self._output, self._encoder = output, encoder
+    def __init__(self, output):
+        self._output = output
+        self._encoder = None  # set by `use` once the first frame tells the size
         self._queue: queue.Queue = queue.Queue(maxsize=self.DEPTH)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="webm-encoder", daemon=True)
         self._thread.start()
+
+    def use(self, encoder) -> None:
+        self._put(("encoder", encoder))
 
     def frame(self, frame) -> None:
         self._put(("frame", frame))
@@ -145,8 +150,11 @@ class EncodeWorker:
                     self._output.mux(self._encoder.encode(item))
                 elif kind == "packets":
                     self._output.mux(item)
+                elif kind == "encoder":
+                    self._encoder = item
                 elif kind == "flush":
-                    self._output.mux(self._encoder.encode(None))
+                    if self._encoder is not None:
+                        self._output.mux(self._encoder.encode(None))
                     return
                 else:
                     return

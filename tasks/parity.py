@@ -26,6 +26,7 @@ from typing import Iterator
 import av
 
 from tasks.errors import Blocked, Reason
+from tasks.priority import PARITY_NICE, lower_thread_priority
 from tasks.signature import SignatureSpill, luma_signature, mean_abs_diff
 
 # WebM stores milliseconds: a source PTS lands within half a tick, plus float slack.
@@ -261,7 +262,7 @@ class ConcurrentParity:
             yield pts, np.frombuffer(record, np.uint8, offset=RECORD.size).reshape(SIDE, SIDE)
 
     def _run(self) -> None:
-        _lower_priority()
+        lower_thread_priority(PARITY_NICE)
         source = GrowingFile(self._webm_path, self._writer_done)
         try:
             with av.open(source, mode="r", format="webm") as container:
@@ -302,21 +303,6 @@ class ConcurrentParity:
             raise Blocked(Reason.FRAME_COUNT_MISMATCH,
                           "the finished WebM holds other packets than the ones decoded")
         return report
-
-
-PARITY_NICE = 10
-
-
-def _lower_priority() -> None:
-    """Run the proof's decode (and the codec threads it starts, which inherit this) at a
-    lower priority: on busy cores the encoder's threads go first and the proof fills the
-    idle time, instead of stalling the encoder's row threads at their sync points."""
-    if not PARITY_NICE:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PARITY_NICE)
-    except (AttributeError, OSError):
-        pass  # not on Linux, or not allowed: same result, a little slower
 
 
 def _rate_text(rate: Fraction | None) -> str | None:
