@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
 from tasks.convert import ENCODERS, BlockedWithProbe, transcode
-from tasks.errors import Blocked, PipelineError, Reason, StorageError
+from tasks.errors import Blocked, Reason, StorageError
 from tasks.fingerprint import HashingReader
 from tasks.geometry import plan_geometry
 from tasks.ingest import ClipSource
@@ -243,4 +243,4 @@ def process_clip_uris(clip: ClipSource, src_uri: str, out_uri: str, recipe: Reci
     return process_clip(clip, src, out, recipe, mode)
 
 
-__all__ = ["process_clip", "process_clip_uris", "clean_work_dir", "PipelineError"]
+__all__ = ["process_clip", "process_clip_uris", "clean_work_dir"]

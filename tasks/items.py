@@ -19,7 +19,6 @@ from tasks.storage import Location, read_bytes, write_bytes_atomic
 
 STATE_DIR = "_state/clips"
 ITEMS_FILE = "items.parquet"
-STATUSES = ("ingested", "converted", "blocked", "skipped")
 
 # Column, type, description. The README's schema section is generated from this list.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [

@@ -15,9 +15,8 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import fsspec
 from fsspec.core import url_to_fs
 
 from tasks.errors import ConfigError, StorageError
@@ -237,13 +236,6 @@ def size_of(loc: Location, path: str) -> int | None:
         raise StorageError(f"cannot stat {redact(loc.url(path))}: {redact(str(e))}") from e
 
 
-def iter_paths(loc: Location, prefix: str) -> Iterator[str]:
-    try:
-        yield from loc.fs.find(prefix)
-    except FileNotFoundError:
-        return
-
-
 __all__ = ["Location", "SourceObject", "open_location", "list_objects", "safe_component",
            "safe_relpath", "open_read", "write_bytes_atomic", "commit_file", "read_bytes",
-           "size_of", "redact", "fsspec"]
+           "size_of", "redact"]
