@@ -86,3 +86,18 @@ def test_kill_mid_batch_then_rerun_matches_uninterrupted(prefect_harness, batch,
     assert statuses.count("blocked") == 1 and len(statuses) == 5  # no duplicate rows
     assert not tmp.exists() or not any(tmp.iterdir())  # no half files left
     assert _comparable(killed) == _comparable(ref)  # same rows, byte-identical WebM
+
+
+def test_demo_command_converts_the_samples(prefect_harness, tmp_path):
+    """The README's main command, as a newcomer runs it (the samples, into --out)."""
+    import json
+
+    done = _cli(["demo", "--out", str(tmp_path / "out"), "--json"], prefect_harness)
+    output = done.communicate(timeout=300)[0]
+    assert done.returncode == 0, output
+    summary = json.loads(output[output.index("{"):])
+    assert summary["counts"] == {"converted": 4}
+    rows = pq.read_table(tmp_path / "out" / "items.parquet").to_pylist()
+    assert sorted(r["recording"] for r in rows) == [
+        "bigbuckbunny", "bikes", "carphone_distorted", "carphone_pristine"]
+    assert all(Path(r["output_uri"]).exists() for r in rows)

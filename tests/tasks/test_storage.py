@@ -69,3 +69,14 @@ def test_redact_hides_env_secrets_and_url_userinfo(monkeypatch):
     text = "failed with verysecretvalue123 at s3://user:pw@host/bucket"
     cleaned = redact(text)
     assert "verysecretvalue123" not in cleaned and "user:pw" not in cleaned
+
+
+def test_gcs_without_its_extra_is_a_clear_config_error():
+    import importlib.util
+
+    from tasks.errors import ConfigError
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here: the missing-extra message cannot show")
+    with pytest.raises(ConfigError, match="install the 'gcs' extra"):
+        open_location("gs://bucket/prefix")
