@@ -76,7 +76,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("content_worst_diff", pa.float64(), "largest per-frame signature difference"),
     ("content_worst_frame", pa.int64(), "frame where the largest difference is"),
     ("encode_seconds", pa.float64(), "wall time of the transcode (varies run to run)"),
-    ("parity_seconds", pa.float64(), "wall time of the parity proof (varies run to run)"),
+    ("parity_seconds", pa.float64(), "wall time the proof took after the encode ended (it "
+     "decodes alongside the encoder; varies run to run)"),
 ]
 SCHEMA = pa.schema([pa.field(name, kind) for name, kind, _ in COLUMNS])
 TIMING_COLUMNS = ("encode_seconds", "parity_seconds")
