@@ -1,0 +1,1 @@
+"""Detector backends: one module each, with ``create(**options)``."""

@@ -1,0 +1,1 @@
+"""Tracker backends: one module each, with ``create(**options)``."""
