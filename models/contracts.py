@@ -53,7 +53,10 @@ class Tracker(Protocol):
     spec: TrackerSpec
 
     def init(self, frame: np.ndarray, box: np.ndarray) -> Any:
-        """Start following ``box`` (x1, y1, x2, y2) in ``frame``; returns opaque state."""
+        """Start following ``box`` (x1, y1, x2, y2) in ``frame``; returns opaque state.
+
+        A backend MAY accept ``reference=(frame, box)``: the object's look at its last
+        keyframe, to score against when restarted mid-track (chunk boundaries)."""
 
     def update(self, state: Any, frame: np.ndarray) -> tuple[Any, np.ndarray | None, float]:
         """Advance one frame: (state, box or None when lost, score in [0, 1])."""

@@ -42,7 +42,12 @@ class ClipSource:
     @property
     def clip_id(self) -> str:
         """Stable name for this clip's state record (independent of the key's characters)."""
-        return hashlib.sha1(self.source_uri.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+        return clip_id_for(self.source_uri)
+
+
+def clip_id_for(source_uri: str) -> str:
+    """A clip's state-record name, from its source URL (items rows carry the URL)."""
+    return hashlib.sha1(source_uri.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def plan_clips(src: Location, recipe: Recipe, exclude: str | None = None) -> list[ClipSource]:

@@ -70,6 +70,52 @@ class RunConfig(_Section):
     max_parallel_clips: int = Field(2, ge=1, le=256)
 
 
+class DetectConfig(_Section):
+    backend: str = Field("hog", min_length=1, description="a module under models/detectors/")
+    # Passed to the backend's create(); each backend documents its own (strict=False: YAML).
+    options: dict[str, Any] = Field(default_factory=dict, strict=False)
+    batch_size: int = Field(8, ge=1, le=1024, description="frames per model call")
+    every_nth: int = Field(1, ge=1, le=10_000, description="run the model on every Nth frame")
+    max_side: int | None = Field(None, ge=16, le=8192, description="shrink frames so the longer "
+                                 "side is at most this before the model; boxes map back")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="for backends that take one (torchvision): auto = cuda if present")
+    min_score: float = Field(0.0, ge=0, le=1, description="drop detections scoring lower")
+
+
+class LabelsConfig(_Section):
+    file: str | None = Field(None, description="labels file (tree or list of paths such as "
+                             "'Task 1/Sub Task 1.2'); relative to the recipe")
+    map: dict[str, str] = Field(default_factory=dict, strict=False, description="model label -> "
+                                "dataset label; unmapped labels are dropped; empty keeps all")
+
+
+class AssociateConfig(_Section):
+    """ByteTrack-style linking of per-frame detections into tracks."""
+
+    high_score: float = Field(0.5, ge=0, le=1, description="detections that start and match tracks")
+    low_score: float = Field(0.1, ge=0, le=1, description="weaker detections only extend tracks")
+    match_iou: float = Field(0.2, gt=0, le=1, description="least IoU with a track's predicted box")
+    max_age: int = Field(30, ge=1, description="frames a track may go unseen before it ends")
+    min_hits: int = Field(3, ge=1, description="matches before a new track is kept")
+    class_aware: bool = True
+
+
+class TrackConfig(_Section):
+    tracker: str | None = Field("csrt", description="a module under models/trackers/, or null: "
+                                "tracks are the associated detections, interpolated")
+    options: dict[str, Any] = Field(default_factory=dict, strict=False)
+    frames_per_execution: int = Field(10, ge=1, le=100_000, description="frames per tracker run")
+    lost_score: float = Field(0.3, ge=0, le=1, description="below this the object is lost")
+    carry_frames: int = Field(30, ge=0, description="frames the tracker may carry an object past "
+                              "its last keyframe before the track ends")
+    max_gap: int = Field(60, ge=0, description="without a tracker: longest gap between keyframes "
+                         "that is interpolated; longer gaps are hidden")
+    max_side: int | None = Field(None, ge=16, le=8192, description="shrink frames for the tracker")
+    from_detections: bool = Field(True, description="track the associated detector tracks")
+    max_parallel: int = Field(4, ge=1, le=256, description="object runs at once")
+
+
 class Recipe(_Section):
     version: Literal[1] = 1
     storage: StorageConfig = StorageConfig()
@@ -77,6 +123,10 @@ class Recipe(_Section):
     convert: ConvertConfig = ConvertConfig()
     parity: ParityConfig = ParityConfig()
     run: RunConfig = RunConfig()
+    detect: DetectConfig = DetectConfig()
+    labels: LabelsConfig = LabelsConfig()
+    associate: AssociateConfig = AssociateConfig()
+    track: TrackConfig = TrackConfig()
 
     def convert_key(self) -> str:
         """Hash of every setting that changes a converted WebM or its verdict."""
@@ -87,6 +137,41 @@ class Recipe(_Section):
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+    def detect_key(self) -> str:
+        """Hash of every setting that changes a clip's detections."""
+        return _digest({"detect": self.detect.model_dump(), "labels": self.labels.model_dump(),
+                        "labels_file": _file_digest(self.labels.file), "version": DETECTOR_VERSION})
+
+    def track_key(self) -> str:
+        """Hash of every setting that changes a clip's tracks (detections included)."""
+        return _digest({"detect": self.detect_key(), "associate": self.associate.model_dump(),
+                        "track": {k: v for k, v in self.track.model_dump().items()
+                                  if k != "max_parallel"}, "version": TRACKER_VERSION})
+
+    def label_mapper(self):
+        from tasks.labels import LabelMapper, load_label_tree
+
+        tree = load_label_tree(self.labels.file) if self.labels.file else None
+        return LabelMapper(self.labels.map, tree)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+# Bump when detection or tracking output for the same settings changes.
+DETECTOR_VERSION = 1
+TRACKER_VERSION = 1
 
 # Bump when the converter's output for the same settings changes, so old outputs are redone.
 CONVERTER_VERSION = 1
@@ -105,7 +190,33 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ConfigError(f"{source}: not valid YAML{at}: {getattr(e, 'problem', e)}") from e
-    return parse_recipe(data if data is not None else {}, source=str(source))
+    data = data if data is not None else {}
+    _resolve_relative(data, source.parent)
+    recipe = parse_recipe(data, source=str(source))
+    try:
+        recipe.label_mapper()  # a bad labels file or mapping fails now, not mid-batch
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return recipe
+
+
+def _resolve_relative(data: Any, base: Path) -> None:
+    """Paths in a recipe are relative to the recipe file, wherever the command runs."""
+    if not isinstance(data, dict):
+        return
+    labels = data.get("labels")
+    if isinstance(labels, dict) and isinstance(labels.get("file"), str):
+        labels["file"] = str((base / labels["file"]).resolve()) if "://" not in labels["file"] \
+            else labels["file"]
+    for section in ("detect", "track"):
+        options = (data.get(section) or {}).get("options") if isinstance(data.get(section), dict) \
+            else None
+        if isinstance(options, dict):
+            for key in ("model_path", "checkpoint", "labels"):
+                value = options.get(key)
+                if isinstance(value, str) and "://" not in value and (
+                        key != "labels" or value.endswith((".txt", ".yaml", ".yml", ".json"))):
+                    options[key] = str((base / value).resolve())
 
 
 def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:

@@ -1,0 +1,57 @@
+"""Flow `detect`: convert what is not converted yet, then one task per converted clip.
+
+Clips that are blocked are skipped; a clip whose detection fails is reported and the batch
+goes on (it is redone on the next run, as nothing was recorded for it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.convert import _io, convert_flow
+from tasks.detect import (converted_records, detect_clip_uri, is_converted, make_detector,
+                          write_detections_uri)
+from tasks.recipe import load_recipe
+
+detect_clip = task(detect_clip_uri, name="detect", task_run_name="detect {record[clip_name]}", **_io)
+write_detections = task(write_detections_uri, name="write-detections", **_io)
+
+
+@flow(name="preannotate-detect", log_prints=True)
+def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]:
+    """Detections for every converted clip under ``uri`` into ``out/detections.parquet``."""
+    logger = get_run_logger()
+    recipe = load_recipe(config)
+    make_detector(recipe)  # a bad backend or option fails here, before any clip
+    runner = ThreadPoolTaskRunner(max_workers=recipe.run.max_parallel_clips)
+    converted = convert_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config)
+    records = converted_records(out, recipe)
+    todo = [r for r in records if is_converted(r)]
+    futures = [detect_clip.submit(r, out, recipe) for r in todo]
+    summaries, failed = [], []
+    for record, future in zip(todo, futures):
+        try:
+            summaries.append(future.result())
+        except Exception as e:  # the batch goes on; nothing was recorded, so it is redone
+            logger.error("detect %s failed: %s", record["output_uri"], e)
+            failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
+    detections_uri = write_detections(out, recipe, summaries, records)
+    return {"convert": converted, "detect": {
+        "clips": len(todo), "detected": sum(s["status"] == "detected" for s in summaries),
+        "skipped": sum(s["status"] == "skipped" for s in summaries),
+        "detections": sum(int(s.get("detections") or 0) for s in summaries),
+        "failed": failed, "detections_uri": detections_uri}}
+
+
+def with_runner(recipe):
+    """``detect_flow`` running the recipe's number of clips at once."""
+    runner = ThreadPoolTaskRunner(max_workers=recipe.run.max_parallel_clips)
+    return detect_flow.with_options(task_runner=runner)
+
+
+def run_detect(uri: str, out: str, config: str | None) -> dict[str, Any]:
+    recipe = load_recipe(config)  # a bad recipe fails before Prefect starts
+    return with_runner(recipe)(uri=uri, out=out, config=config)

@@ -1,0 +1,74 @@
+"""Flow `track`: detect what is not detected yet, then plan each clip's objects and run one
+task per object (its chunks run in order inside it, each persisted), concurrently across
+objects and clips through the task runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.convert import _io
+from flows.detect import with_runner as detect_with_runner
+from tasks.detect import converted_records, is_converted
+from tasks.recipe import load_recipe
+from tasks.storage import open_location
+from tasks.track import (assemble_clip_uri, load_keyframes, plan_clip_uri, run_object_uri,
+                         track_key, write_tracks_uri)
+
+plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
+run_object = task(run_object_uri, name="track-object",
+                  task_run_name="track {record[clip_name]} #{track_id}", **_io)
+assemble_clip = task(assemble_clip_uri, name="assemble-tracks", **_io)
+write_tracks = task(write_tracks_uri, name="write-tracks", **_io)
+
+
+@flow(name="preannotate-track", log_prints=True)
+def track_flow(uri: str, out: str, config: str | None = None,
+               keyframes: str | None = None) -> dict[str, Any]:
+    logger = get_run_logger()
+    recipe = load_recipe(config)
+    digest = load_keyframes(keyframes, open_location(out, recipe.storage))[1] if keyframes else None
+    key = track_key(recipe, digest)
+    detected = detect_with_runner(recipe)(uri=uri, out=out, config=config)
+    broken = {f["clip"] for f in detected["detect"]["failed"]}
+    records = converted_records(out, recipe)
+    todo = [r for r in records if is_converted(r) and r["output_uri"] not in broken]
+    failed: list[dict[str, str]] = []
+
+    def settle(future, what: str):
+        try:
+            return future.result()
+        except Exception as e:  # reported; the other objects and clips go on
+            logger.error("%s failed: %s", what, e)
+            failed.append({"unit": what, "error": f"{type(e).__name__}: {e}"})
+            return None
+
+    plans = [settle(plan_clip.submit(r, out, recipe, keyframes, key), f"plan {r['output_uri']}")
+             for r in todo]
+    objects = [(r, p, tid, run_object.submit(r, out, recipe, key, tid))
+               for r, p in zip(todo, plans) if p for tid in p["objects"]]
+    broken_clips: set[str] = set()
+    for record, _, tid, future in objects:
+        if settle(future, f"track {record['output_uri']} #{tid}") is None:
+            broken_clips.add(record["output_uri"])
+    summaries = []
+    for record, plan in zip(todo, plans):
+        if plan is None or record["output_uri"] in broken_clips:
+            continue
+        summary = settle(assemble_clip.submit(record, out, recipe, key, plan["objects"]),
+                         f"assemble {record['output_uri']}")
+        if summary is not None:
+            summaries.append(summary)
+    tracks_uri = write_tracks(out, recipe, summaries, records, key)
+    return {**detected, "track": {
+        "clips": len(summaries), "objects": sum(s["objects"] for s in summaries),
+        "rows": sum(s["rows"] for s in summaries), "failed": failed, "tracks_uri": tracks_uri}}
+
+
+def run_track(uri: str, out: str, config: str | None, keyframes: str | None) -> dict[str, Any]:
+    recipe = load_recipe(config)
+    runner = ThreadPoolTaskRunner(max_workers=recipe.track.max_parallel)
+    return track_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config,
+                                                       keyframes=keyframes)

@@ -1,0 +1,347 @@
+"""Pre-annotation of one converted clip: its WebM is decoded once and frames stream in
+batches from a decoder thread to the detector, so memory is bounded by the batch size
+whatever the clip's length.
+
+Frame numbers come from the decoded timestamps: a frame's index is the rank of its pts
+(the WebM decodes in timestamp order, which is checked on every frame), and ``time_s`` is
+pts x time base. With ``every_nth`` every frame is still decoded (VP9 frames depend on
+each other) but only every Nth goes to the model; with ``max_side`` the decoder's scaler
+shrinks the frame and boxes are mapped back to WebM pixels.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models import registry
+from models.boxes import Boxes
+from models.contracts import Detector
+from tasks.detect_driver import detect_checked
+from tasks.errors import BadBackendError, ConfigError, PipelineError
+from tasks.ingest import clip_id_for
+
+from tasks.probe import open_media
+from tasks.recipe import Recipe
+from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
+from tasks.tables import DETECTION_SCHEMA, concat, read_table, write_table
+
+log = logging.getLogger(__name__)
+STATE_DIR = "_state/detect"
+DETECTIONS_FILE = "detections.parquet"
+_QUEUE_BATCHES = 2  # decoded batches waiting for the model: bounds memory
+
+
+class MediaReadError(PipelineError):
+    """A converted WebM could not be read back as it was when converted."""
+
+
+def make_detector(recipe: Recipe) -> Detector:
+    """The recipe's detector; a bad name or option is a `ConfigError` naming the key."""
+    name = recipe.detect.backend
+    options = dict(recipe.detect.options)
+    try:
+        names = registry.available("detector")
+        if name not in names:
+            raise ValueError(f"unknown detector; available: {', '.join(names)}")
+        import importlib
+
+        create = importlib.import_module(f"models.detectors.{name}").create
+        accepts = inspect.signature(create).parameters
+        if "device" in accepts and "device" not in options:
+            options["device"] = recipe.detect.device
+        return create(**options)
+    except (ValueError, TypeError, ImportError, OSError) as e:
+        raise ConfigError(f"detect.backend {name!r}: {e}") from e
+
+
+def is_converted(record: dict[str, Any]) -> bool:
+    return bool(record.get("output_uri") and record.get("parity_ok")
+                and record.get("status") in ("converted", "skipped"))
+
+
+def state_paths(out: Location, record: dict[str, Any]) -> tuple[str, str]:
+    clip_id = clip_id_for(record["source_uri"])
+    return out.path(STATE_DIR, f"{clip_id}.json"), out.path(STATE_DIR, f"{clip_id}.parquet")
+
+
+def webm_path(out: Location, record: dict[str, Any]) -> str:
+    """The WebM's path inside OUT (items rows hold its URL)."""
+    url: str = record["output_uri"]
+    root_url = out.url(out.root)
+    if not url.startswith(root_url):
+        raise MediaReadError(f"{url} is not under {root_url}")
+    return out.path(*url[len(root_url):].strip("/").split("/"))
+
+
+def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, Any] | None:
+    import json
+
+    meta_path, table_path = state_paths(out, record)
+    data = read_bytes(out, meta_path)
+    if data is None:
+        return None
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    if (meta.get("key") == key and meta.get("webm") == _webm_identity(record)
+            and size_of(out, table_path) is not None):
+        return meta
+    return None
+
+
+def _webm_identity(record: dict[str, Any]) -> list:
+    return [record.get("output_uri"), record.get("output_bytes"), record.get("convert_key"),
+            record.get("fingerprint")]
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    index: int
+    seconds: float
+    image: np.ndarray
+
+
+def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
+                detector: Detector | None = None) -> dict[str, Any]:
+    """Detections of one converted clip, written to the clip's state; returns a summary."""
+    import json
+
+    key = recipe.detect_key()
+    summary = {"recording": record["recording"], "clip_index": record["clip_index"],
+               "clip_name": record["clip_name"]}
+    previous = done_before(out, record, key)
+    if previous is not None:
+        return {**summary, **previous, "status": "skipped"}
+    started = time.perf_counter()
+    detector = detector or make_detector(recipe)
+    mapped = recipe.label_mapper().table(detector.spec.labels)
+    columns = _Columns()
+    path = webm_path(out, record)
+    frames = 0
+    for batch in _batches(out, path, recipe):
+        results = detect_checked(detector, [s.image for s in batch.frames])
+        for sampled, boxes in zip(batch.frames, results):
+            boxes = _to_webm_pixels(boxes, batch.scale, batch.size)
+            keep = boxes.confidence >= recipe.detect.min_score
+            columns.add(sampled, boxes[keep], detector.spec.labels, mapped)
+        frames = batch.decoded
+    expected = record.get("output_frames")
+    if expected is not None and frames != expected:
+        raise MediaReadError(f"{record['output_uri']}: decoded {frames} frames, the parity "
+                             f"proof counted {expected}; the WebM changed since conversion")
+    table = columns.table(record)
+    meta_path, table_path = state_paths(out, record)
+    write_table(out, table_path, table)  # the table first: the record marks it complete
+    meta = {"key": key, "webm": _webm_identity(record), "frames": frames,
+            "every_nth": recipe.detect.every_nth, "detections": table.num_rows,
+            "seconds": round(time.perf_counter() - started, 3)}
+    write_bytes_atomic(out, meta_path, json.dumps(meta, sort_keys=True).encode())
+    log.info("%s: %d detection(s) on %d frame(s)", record["output_uri"], table.num_rows, frames)
+    return {**summary, **meta, "status": "detected"}
+
+
+def _to_webm_pixels(boxes: Boxes, scale: tuple[float, float], size: tuple[int, int]) -> Boxes:
+    if scale != (1.0, 1.0):
+        boxes = boxes.scaled(*scale)
+    w, h = size
+    xyxy = np.clip(boxes.xyxy, 0, np.array([w, h, w, h], np.float32))
+    return Boxes(xyxy, boxes.confidence, boxes.class_id)
+
+
+class _Columns:
+    """Detections gathered per batch as arrays (one list entry per frame with boxes)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[int, float, Boxes, np.ndarray, np.ndarray]] = []
+
+    def add(self, sampled: _Sampled, boxes: Boxes, model_labels, mapped) -> None:
+        if not len(boxes):
+            return
+        names = np.array([mapped[c] for c in boxes.class_id.tolist()], dtype=object)
+        keep = names != None  # noqa: E711  (unmapped labels are dropped)
+        if not keep.any():
+            return
+        model = np.array([model_labels[c] for c in boxes.class_id.tolist()], dtype=object)
+        self.parts.append((sampled.index, sampled.seconds, boxes[keep], names[keep], model[keep]))
+
+    def table(self, record: dict[str, Any]) -> pa.Table:
+        if not self.parts:
+            return DETECTION_SCHEMA.empty_table()
+        counts = [len(p[2]) for p in self.parts]
+        frame = np.repeat([p[0] for p in self.parts], counts).astype(np.int64)
+        xyxy = np.concatenate([p[2].xyxy for p in self.parts])
+        n = len(frame)
+        return pa.table({
+            "recording": pa.array([record["recording"]] * n, pa.string()),
+            "clip_index": pa.array(np.full(n, record["clip_index"], np.int32)),
+            "frame": frame,
+            "global_frame": frame + int(record.get("global_first_frame") or 0),
+            "time_s": np.repeat([p[1] for p in self.parts], counts).astype(np.float64),
+            "label": pa.array(np.concatenate([p[3] for p in self.parts]).tolist(), pa.string()),
+            "model_label": pa.array(np.concatenate([p[4] for p in self.parts]).tolist(), pa.string()),
+            "score": np.concatenate([p[2].confidence for p in self.parts]),
+            "x1": xyxy[:, 0], "y1": xyxy[:, 1], "x2": xyxy[:, 2], "y2": xyxy[:, 3],
+        }, schema=DETECTION_SCHEMA)
+
+
+@dataclass
+class _Batch:
+    frames: list[_Sampled]
+    decoded: int                   # frames decoded so far (all, not only sampled)
+    scale: tuple[float, float]     # model pixels -> WebM pixels
+    size: tuple[int, int]          # WebM frame (width, height)
+
+
+def _batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch]:
+    """Batches of sampled frames, decoded on a thread while the model works on the last."""
+    handoff: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            for batch in _decode_batches(out, path, recipe):
+                if not put(batch):
+                    return
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer, re-raised there)
+            failure.append(e)
+        put(None)
+
+    thread = threading.Thread(target=decode, name="detect-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch = handoff.get()
+            if batch is None:
+                break
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _decode_batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch]:
+    cfg = recipe.detect
+    size = size_of(out, path)
+    if size is None:
+        raise MediaReadError(f"{out.url(path)} is missing; convert the clip again")
+    with open_read(out, path) as reader:
+        try:
+            container = open_media(reader, size)
+        except PipelineError as e:
+            raise MediaReadError(f"{out.url(path)}: {e}") from e
+        with container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            tb = Fraction(stream.time_base)
+            pending: list[_Sampled] = []
+            decoded, last_pts = 0, None
+            scale, webm_size, model_size = (1.0, 1.0), None, None
+            try:
+                for frame in container.decode(stream):
+                    if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                        raise MediaReadError(f"{out.url(path)}: frame {decoded} has pts "
+                                             f"{frame.pts} after {last_pts}; not in timestamp order")
+                    if webm_size is None:
+                        webm_size = (frame.width, frame.height)
+                        model_size = _model_size(webm_size, cfg.max_side)
+                        scale = (webm_size[0] / model_size[0], webm_size[1] / model_size[1])
+                    if decoded % cfg.every_nth == 0:
+                        if model_size == webm_size:
+                            image = frame.to_ndarray(format="rgb24")
+                        else:
+                            image = frame.to_ndarray(format="rgb24", width=model_size[0],
+                                                     height=model_size[1])
+                        pending.append(_Sampled(decoded, float(frame.pts * tb), image))
+                    decoded += 1
+                    last_pts = frame.pts
+                    if len(pending) == cfg.batch_size:
+                        yield _Batch(pending, decoded, scale, webm_size)
+                        pending = []
+            except PipelineError:
+                raise
+            except Exception as e:  # FFmpeg error reading a file the parity proof accepted
+                raise MediaReadError(f"{out.url(path)}: decoding failed at frame {decoded}: {e}") from e
+            yield _Batch(pending, decoded, scale, webm_size or (0, 0))
+
+
+def _model_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return size
+    factor = max_side / max(w, h)
+    return max(1, round(w * factor)), max(1, round(h * factor))
+
+
+def write_detections(out: Location, summaries: list[dict[str, Any]],
+                     records: list[dict[str, Any]]) -> str:
+    """``OUT/detections.parquet``: every listed clip's detections, in recording order."""
+    by_clip = {(r["recording"], r["clip_index"]): r for r in records}
+    tables = []
+    for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"])):
+        if s.get("status") not in ("detected", "skipped"):
+            continue
+        _, table_path = state_paths(out, by_clip[(s["recording"], s["clip_index"])])
+        table = read_table(out, table_path)
+        if table is not None:
+            # global_frame depends on earlier clips' lengths, which a rerun may change.
+            first = int(by_clip[(s["recording"], s["clip_index"])].get("global_first_frame") or 0)
+            frame = table.column("frame")
+            table = table.set_column(table.schema.get_field_index("global_frame"), "global_frame",
+                                     pc.add(frame, pa.scalar(first, pa.int64())))
+            tables.append(table)
+    path = out.path(DETECTIONS_FILE)
+    write_table(out, path, concat(tables, DETECTION_SCHEMA))
+    return path
+
+
+__all__ = ["make_detector", "detect_clip", "write_detections", "is_converted", "BadBackendError"]
+
+
+# --- URI entry points (what a Prefect task calls: small, picklable arguments) ----------------
+
+
+def converted_records(out_uri: str, recipe: Recipe) -> list[dict[str, Any]]:
+    """Rows of the items table this run wrote, all of them (converted or not)."""
+    from tasks.items import read_items
+    from tasks.storage import open_location
+
+    table = read_items(open_location(out_uri, recipe.storage))
+    return [] if table is None else table.to_pylist()
+
+
+def detect_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe) -> dict[str, Any]:
+    from tasks.storage import open_location
+
+    return detect_clip(record, open_location(out_uri, recipe.storage), recipe)
+
+
+def write_detections_uri(out_uri: str, recipe: Recipe, summaries: list[dict[str, Any]],
+                         records: list[dict[str, Any]]) -> str:
+    from tasks.storage import open_location
+
+    out = open_location(out_uri, recipe.storage)
+    return out.url(write_detections(out, summaries, records))

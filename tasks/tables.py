@@ -1,0 +1,70 @@
+"""The annotation tables (detections, tracks): typed columns with descriptions, atomic
+Parquet writes. The README's schema sections are generated from these lists."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.storage import Location, read_bytes, write_bytes_atomic
+
+Columns = list[tuple[str, pa.DataType, str]]
+
+DETECTION_COLUMNS: Columns = [
+    ("recording", pa.string(), "recording name (as in items.parquet)"),
+    ("clip_index", pa.int32(), "0-based position of the clip in its recording"),
+    ("frame", pa.int64(), "0-based frame index within the clip's WebM: the rank of the frame's "
+     "decoded timestamp"),
+    ("global_frame", pa.int64(), "frame index within the recording (clip's first frame + frame)"),
+    ("time_s", pa.float64(), "the frame's decoded timestamp in the WebM (pts x time base, s)"),
+    ("label", pa.string(), "dataset label (after the recipe's label mapping)"),
+    ("model_label", pa.string(), "label the model emitted"),
+    ("score", pa.float32(), "model confidence in [0, 1]"),
+    ("x1", pa.float32(), "left edge, pixels of the WebM frame"),
+    ("y1", pa.float32(), "top edge"),
+    ("x2", pa.float32(), "right edge"),
+    ("y2", pa.float32(), "bottom edge"),
+]
+
+TRACK_COLUMNS: Columns = DETECTION_COLUMNS + [
+    ("track_id", pa.int32(), "object id, unique within (recording, clip_index); 1, 2, ... in "
+     "order of appearance, deterministic"),
+    ("hidden", pa.bool_(), "true where the object is not visible (lost or occluded); the box is "
+     "then its last known one"),
+    ("source", pa.string(), "detector | tracker | interpolated | human: where the box comes from"),
+]
+
+
+def schema(columns: Columns) -> pa.Schema:
+    return pa.schema([pa.field(name, kind) for name, kind, _ in columns])
+
+
+DETECTION_SCHEMA = schema(DETECTION_COLUMNS)
+TRACK_SCHEMA = schema(TRACK_COLUMNS)
+
+
+def to_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def write_table(out: Location, path: str, table: pa.Table) -> str:
+    write_bytes_atomic(out, path, to_bytes(table))
+    return path
+
+
+def read_table(out: Location, path: str) -> pa.Table | None:
+    data = read_bytes(out, path)
+    return None if data is None else pq.read_table(pa.BufferReader(data))
+
+
+def concat(tables: list[pa.Table], target: pa.Schema) -> pa.Table:
+    tables = [t.select(target.names).cast(target) for t in tables if t is not None]
+    return pa.concat_tables(tables) if tables else target.empty_table()
+
+
+def schema_markdown(columns: Columns) -> str:
+    lines = ["| column | type | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | {kind} | {text} |" for name, kind, text in columns]
+    return "\n".join(lines)

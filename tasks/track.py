@@ -1,0 +1,596 @@
+"""Tracks of one clip: keyframe boxes linked into objects, carried frame by frame by an AI
+tracker in resumable chunks of ``frames_per_execution`` frames.
+
+Three units of work, each a plain function a Prefect task wraps:
+
+1. `plan_clip`: the clip's objects and their keyframes (anchors). Detector tracks come
+   from associating the clip's detections (`tasks.associate`); keyframes a person made come
+   from a table (`load_keyframes`) and win over the detector's. Written to the clip's state
+   with the WebM's timeline (the pts of every frame), so later units never re-derive it.
+2. `run_object`: one object, chunk after chunk. A chunk starts by re-initialising the
+   tracker on the frame before it with the box it reached (so a chunk depends only on what
+   the previous chunk persisted: a resumed run gives exactly the boxes of an uninterrupted
+   one), then advances up to ``frames_per_execution`` frames. At a keyframe the tracker is
+   re-initialised on it. A score below ``lost_score`` (or the tracker losing the box) hides
+   the object until its next keyframe (the association found it again); after its last
+   keyframe a lost object ends, and the tracker carries it at most ``carry_frames``. Each
+   chunk's rows and end state are one small atomic file; when the object is finished they
+   are merged into one table and the chunk files removed.
+3. `assemble_clip`: the objects' rows joined with the clip's timeline into the clip's
+   tracks table.
+
+Within a run one decoder reads the object's frames in order (chunk boundaries do not seek);
+a resumed run seeks once, to the frame before its first chunk (`tasks.frames`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models import registry
+from tasks.associate import associate
+from tasks.detect import STATE_DIR as DETECT_DIR
+from tasks.detect import MediaReadError, webm_path
+from tasks.errors import ConfigError, PipelineError
+from tasks.frames import FrameReader, Timeline
+from tasks.ingest import clip_id_for
+from tasks.probe import choose_video_stream, open_media
+from tasks.recipe import Recipe
+from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
+from tasks.tables import TRACK_SCHEMA, concat, read_table, write_table
+
+log = logging.getLogger(__name__)
+STATE_DIR = "_state/track"
+TRACKS_FILE = "tracks.parquet"
+KEYFRAME_COLUMNS = ("recording", "clip_index", "track_id", "frame", "label", "x1", "y1", "x2", "y2")
+# Ids of detector tracks start above this when a person's keyframes are merged in, so the
+# two never collide and both stay deterministic.
+_PLAN_SCHEMA = pa.schema([("track_id", pa.int32()), ("frame", pa.int64()), ("label", pa.string()),
+                          ("model_label", pa.string()), ("score", pa.float32()),
+                          ("x1", pa.float64()), ("y1", pa.float64()), ("x2", pa.float64()),
+                          ("y2", pa.float64()), ("source", pa.string())])
+_OBJECT_SCHEMA = pa.schema([("track_id", pa.int32()), ("frame", pa.int64()), ("score", pa.float32()),
+                            ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()),
+                            ("y2", pa.float32()), ("hidden", pa.bool_()), ("source", pa.string())])
+
+
+def track_key(recipe: Recipe, keyframes_digest: str | None) -> str:
+    return recipe.track_key() + (f"-{keyframes_digest[:8]}" if keyframes_digest else "")
+
+
+def clip_dir(out: Location, record: dict[str, Any], key: str) -> str:
+    return out.path(STATE_DIR, clip_id_for(record["source_uri"]), key)
+
+
+# --- keyframes a person made ------------------------------------------------------------
+
+
+def load_keyframes(uri: str, out: Location) -> tuple[pa.Table, str]:
+    """A person's keyframes (Parquet or CSV) with columns ``KEYFRAME_COLUMNS``; returns the
+    table and a digest of its content. A bad file is a `ConfigError` naming what is wrong."""
+    import hashlib
+
+    import fsspec
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(uri, "rb") as f:
+            data = f.read()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"keyframes {uri}: cannot read ({e})") from e
+    try:
+        reader = pacsv.read_csv if uri.lower().endswith(".csv") else pq.read_table
+        table = reader(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ConfigError(f"keyframes {uri}: not a readable {'CSV' if uri.endswith('.csv') else 'Parquet'} "
+                          f"table ({e})") from e
+    missing = [c for c in KEYFRAME_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ConfigError(f"keyframes {uri}: missing column(s) {', '.join(missing)}; "
+                          f"needed: {', '.join(KEYFRAME_COLUMNS)}")
+    try:
+        table = table.select(list(KEYFRAME_COLUMNS)).cast(pa.schema([
+            ("recording", pa.string()), ("clip_index", pa.int32()), ("track_id", pa.int32()),
+            ("frame", pa.int64()), ("label", pa.string()), ("x1", pa.float64()), ("y1", pa.float64()),
+            ("x2", pa.float64()), ("y2", pa.float64())]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ConfigError(f"keyframes {uri}: wrong column type ({e})") from e
+    for name in KEYFRAME_COLUMNS:
+        if table.column(name).null_count:
+            raise ConfigError(f"keyframes {uri}: column {name} has empty values")
+    box = np.column_stack([table.column(c).to_numpy() for c in ("x1", "y1", "x2", "y2")])
+    bad = ~np.isfinite(box).all(axis=1) | (box[:, 2] <= box[:, 0]) | (box[:, 3] <= box[:, 1])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"keyframes {uri}: row {row}: box {box[row].tolist()} is empty or inverted")
+    if (table.column("frame").to_numpy() < 0).any() or (table.column("track_id").to_numpy() < 1).any():
+        raise ConfigError(f"keyframes {uri}: frames must be >= 0 and track ids >= 1")
+    return table, hashlib.sha256(data).hexdigest()[:16]
+
+
+# --- 1. plan ----------------------------------------------------------------------------
+
+
+def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
+              keyframes: pa.Table | None = None, key: str | None = None) -> dict[str, Any]:
+    """The clip's objects and keyframes, and its timeline; returns the object ids."""
+    key = key or track_key(recipe, None)
+    base = clip_dir(out, record, key)
+    summary = {"recording": record["recording"], "clip_index": record["clip_index"], "key": key}
+    done = read_bytes(out, f"{base}/plan.json")
+    if done is not None:
+        return {**summary, **json.loads(done)}
+    timeline = _webm_timeline(out, record)
+    frame_count = len(timeline)
+    plans = []
+    human_ids: set[int] = set()
+    if keyframes is not None:
+        mine = keyframes.filter(pc.and_(pc.equal(keyframes["recording"], record["recording"]),
+                                        pc.equal(keyframes["clip_index"], record["clip_index"])))
+        if mine.num_rows:
+            too_far = pc.max(mine["frame"]).as_py() >= frame_count
+            if too_far:
+                raise ConfigError(f"keyframes for {record['recording']} clip {record['clip_index']}: "
+                                  f"frame {pc.max(mine['frame']).as_py()} beyond the clip's "
+                                  f"{frame_count} frames")
+            _check_inside(mine, record)
+            human_ids = set(mine["track_id"].to_pylist())
+            plans.append(pa.table({
+                "track_id": mine["track_id"], "frame": mine["frame"], "label": mine["label"],
+                "model_label": pa.nulls(mine.num_rows, pa.string()),
+                "score": pa.array(np.ones(mine.num_rows, np.float32)),
+                "x1": mine["x1"], "y1": mine["y1"], "x2": mine["x2"], "y2": mine["y2"],
+                "source": pa.array(["human"] * mine.num_rows, pa.string())}, schema=_PLAN_SCHEMA))
+    if recipe.track.from_detections:
+        plans.append(_detector_plan(out, record, recipe, offset=max(human_ids, default=0)))
+    plan = concat(plans, _PLAN_SCHEMA).sort_by([("track_id", "ascending"), ("frame", "ascending")])
+    # Where a person and the detector both gave a box for one object and frame, the person's
+    # is kept: detector tracks are separate objects, so this only dedupes within a track.
+    write_table(out, f"{base}/plan.parquet", plan)
+    write_table(out, f"{base}/timeline.parquet", pa.table(
+        {"pts": pa.array(timeline.pts, pa.int64())},
+        metadata={"time_base": str(timeline.time_base)}))
+    objects = sorted(set(plan["track_id"].to_pylist()))
+    meta = {"objects": objects, "frames": frame_count}
+    write_bytes_atomic(out, f"{base}/plan.json", json.dumps(meta).encode())
+    return {**summary, **meta}
+
+
+def _check_inside(table: pa.Table, record: dict[str, Any]) -> None:
+    w, h = record.get("output_width"), record.get("output_height")
+    if not w or not h:
+        return
+    x2, y2 = table["x2"].to_numpy(), table["y2"].to_numpy()
+    x1, y1 = table["x1"].to_numpy(), table["y1"].to_numpy()
+    bad = (x1 < -0.5) | (y1 < -0.5) | (x2 > w + 0.5) | (y2 > h + 0.5)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"keyframes: track {table['track_id'][i].as_py()} frame "
+                          f"{table['frame'][i].as_py()}: box outside the {w}x{h} WebM frame")
+
+
+def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe, offset: int) -> pa.Table:
+    clip_id = clip_id_for(record["source_uri"])
+    meta_raw = read_bytes(out, out.path(DETECT_DIR, f"{clip_id}.json"))
+    table = read_table(out, out.path(DETECT_DIR, f"{clip_id}.parquet"))
+    if meta_raw is None or table is None:
+        raise PipelineError(f"{record['output_uri']}: no detections; run detect first")
+    meta = json.loads(meta_raw)
+    table = table.sort_by([("frame", "ascending"), ("x1", "ascending"), ("y1", "ascending")])
+    frames = table["frame"].to_numpy()
+    boxes = np.column_stack([table[c].to_numpy() for c in ("x1", "y1", "x2", "y2")]).astype(np.float64)
+    scores = table["score"].to_numpy()
+    _, codes = np.unique(np.asarray(table["label"].to_pylist(), dtype=object).astype(str),
+                         return_inverse=True)
+    processed = np.arange(0, meta["frames"], meta["every_nth"])
+    ids = associate(frames, boxes, scores, codes, processed, recipe.associate)
+    keep = ids > 0
+    return pa.table({
+        "track_id": pa.array(ids[keep] + offset, pa.int32()), "frame": frames[keep],
+        "label": table["label"].filter(pa.array(keep)),
+        "model_label": table["model_label"].filter(pa.array(keep)),
+        "score": scores[keep].astype(np.float32),
+        "x1": boxes[keep, 0], "y1": boxes[keep, 1], "x2": boxes[keep, 2], "y2": boxes[keep, 3],
+        "source": pa.array(["detector"] * int(keep.sum()), pa.string())}, schema=_PLAN_SCHEMA)
+
+
+def _webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:
+    with _open_webm(out, record) as reader:
+        return reader.timeline
+
+
+def _load_timeline(out: Location, base: str) -> Timeline:
+    table = read_table(out, f"{base}/timeline.parquet")
+    if table is None:
+        raise PipelineError(f"{base}: timeline missing; plan the clip first")
+    time_base = Fraction(table.schema.metadata[b"time_base"].decode())
+    return Timeline(table["pts"].to_numpy(), time_base)
+
+
+class _open_webm:
+    """A `FrameReader` on the clip's WebM (any store), with a known timeline or a new one."""
+
+    def __init__(self, out: Location, record: dict[str, Any], timeline: Timeline | None = None):
+        self.out, self.record, self.timeline = out, record, timeline
+
+    def __enter__(self) -> FrameReader:
+        path = webm_path(self.out, self.record)
+        size = size_of(self.out, path)
+        if size is None:
+            raise MediaReadError(f"{self.out.url(path)} is missing; convert the clip again")
+        self.file = open_read(self.out, path)
+        try:
+            container = open_media(self.file, size)
+            stream = choose_video_stream(container, "first")
+            self.reader = FrameReader(container, stream, self.timeline)
+        except BaseException:
+            self.file.close()
+            raise
+        return self.reader
+
+    def __exit__(self, *exc) -> None:
+        self.reader.close()
+        self.file.close()
+
+
+# --- 2. one object, chunk by chunk -------------------------------------------------------
+
+
+@dataclass
+class _End:
+    """What a chunk leaves for the next: the only state carried across a chunk boundary."""
+
+    status: str                 # active | lost | ended
+    box: list[float] | None     # last box the object had (WebM pixels)
+    frame: int | None           # frame of that box's row
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "box": self.box, "frame": self.frame}
+
+
+def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
+               track_id: int, stop_after_chunks: int | None = None) -> dict[str, Any]:
+    """Track one object through the clip; resumes after the last finished chunk.
+
+    ``stop_after_chunks`` ends the call after that many new chunks (tests and benchmarks
+    use it to interrupt a run at a chunk boundary as a crash would).
+    """
+    cfg = recipe.track
+    base = clip_dir(out, record, key)
+    final = f"{base}/objects/{track_id}.parquet"
+    summary = {"track_id": track_id}
+    if size_of(out, final) is not None:
+        return {**summary, "status": "skipped"}
+    started = time.perf_counter()
+    plan = read_table(out, f"{base}/plan.parquet")
+    anchors = plan.filter(pc.equal(plan["track_id"], track_id))
+    if anchors.num_rows == 0:
+        raise PipelineError(f"object {track_id} is not in the plan of {record['output_uri']}")
+    frames = anchors["frame"].to_numpy()
+    boxes = np.column_stack([anchors[c].to_numpy() for c in ("x1", "y1", "x2", "y2")])
+    anchor_at = {int(f): (boxes[i], float(anchors["score"][i].as_py()), anchors["source"][i].as_py())
+                 for i, f in enumerate(frames)}
+    timeline = _load_timeline(out, base)
+    if cfg.tracker is None:
+        rows = _interpolated_rows(frames, boxes, anchor_at, cfg.max_gap)
+        write_table(out, final, _object_table(track_id, rows))
+        return {**summary, "status": "tracked", "rows": len(rows["frame"]), "chunks": 0}
+    start, last_anchor = int(frames[0]), int(frames[-1])
+    stop = min(len(timeline), last_anchor + cfg.carry_frames + 1)
+    size = cfg.frames_per_execution
+    chunk_starts = list(range(start, stop, size))
+    chunk_dir = f"{base}/objects/{track_id}"
+    done = _finished_chunks(out, chunk_dir)
+    end = _End("active", None, None)
+    if done:
+        end = _End(**json.loads(read_bytes(out, f"{chunk_dir}/{_chunk_name(done - 1)}"))["end"])
+    ran = 0
+    tracker = registry.create("tracker", cfg.tracker, **cfg.options)
+    takes_reference = "reference" in inspect.signature(tracker.init).parameters
+    anchor_frames = np.asarray(sorted(anchor_at), np.int64)
+    keyframe_image: tuple[int, np.ndarray] | None = None  # the object's look at its last keyframe
+    with _open_webm(out, record, timeline) as reader:
+        scaler = _Scaler(record, cfg.max_side)
+        previous: tuple[int, np.ndarray] | None = None  # (frame, image) just before a chunk
+        for c in range(done, len(chunk_starts)):
+            if end.status == "ended" or (stop_after_chunks is not None and ran >= stop_after_chunks):
+                break
+            c0, c1 = chunk_starts[c], min(chunk_starts[c] + size, stop)
+            reinit = end.status == "active" and c0 not in anchor_at
+            reference = None
+            if reinit and takes_reference:
+                ref = int(anchor_frames[np.searchsorted(anchor_frames, c0) - 1])
+                if keyframe_image is None or keyframe_image[0] != ref:
+                    keyframe_image = _read_one(reader, ref, scaler)  # only after a resume
+                reference = (keyframe_image[1], scaler.to_model(anchor_at[ref][0]))
+            first = c0 - 1 if reinit and (previous is None or previous[0] != c0 - 1) else c0
+            rows = _Rows()
+            state = None
+            for index, pts, frame in reader.read(first, c1 - first):
+                image = scaler.image(frame)
+                if index < c0:
+                    previous = (index, image)
+                    continue
+                if reinit:
+                    reinit = False
+                    state = _init(tracker, previous[1], scaler.to_model(end.box), reference)
+                    if state is None:
+                        end = _End("lost", end.box, end.frame)
+                if index in anchor_at:
+                    keyframe_image = (index, image)
+                state, end = _step(tracker, state, image, index, anchor_at, last_anchor,
+                                   end, rows, scaler, cfg.lost_score)
+                previous = (index, image)
+                if end.status == "ended":
+                    break
+            blob = {"rows": rows.to_json(), "end": end.to_json()}
+            write_bytes_atomic(out, f"{chunk_dir}/{_chunk_name(c)}", json.dumps(blob).encode())
+            ran += 1
+    total = _finished_chunks(out, chunk_dir)
+    finished = end.status == "ended" or total == len(chunk_starts)
+    if not finished:
+        return {**summary, "status": "interrupted", "chunks": total}
+    merged = _Rows()
+    for c in range(total):
+        merged.extend(json.loads(read_bytes(out, f"{chunk_dir}/{_chunk_name(c)}"))["rows"])
+    write_table(out, final, _object_table(track_id, merged.columns()))
+    _remove_chunks(out, chunk_dir, total)
+    return {**summary, "status": "tracked", "rows": len(merged.frame), "chunks": total,
+            "resumed_at_chunk": done, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _read_one(reader: FrameReader, index: int, scaler: "_Scaler") -> tuple[int, np.ndarray]:
+    for _, _, frame in reader.read(index, 1):
+        return index, scaler.image(frame)
+    raise PipelineError(f"frame {index} could not be read")
+
+
+def _init(tracker, image: np.ndarray, box: np.ndarray, reference=None):
+    try:
+        if reference is not None:
+            return tracker.init(image, box, reference=reference)
+        return tracker.init(image, box)
+    except ValueError:  # a box the tracker cannot start on (too small, off the frame)
+        return None
+
+
+def _step(tracker, state, image, index, anchor_at, last_anchor, end: _End, rows: "_Rows",
+          scaler: "_Scaler", lost_score: float):
+    anchor = anchor_at.get(index)
+    if anchor is not None:
+        box, score, source = anchor
+        state = _init(tracker, image, scaler.to_model(box))
+        rows.add(index, box, score, False, source)
+        return state, _End("active" if state is not None else "lost", [float(v) for v in box], index)
+    if end.status == "active" and state is not None:
+        state, found, score = tracker.update(state, image)
+        if found is not None and score >= lost_score:
+            box = scaler.to_webm(found)
+            rows.add(index, box, score, False, "tracker")
+            return state, _End("active", box, index)
+    if index > last_anchor:  # lost after the last keyframe: the track ends here
+        return None, _End("ended", end.box, end.frame)
+    rows.add(index, end.box, 0.0, True, "tracker")  # hidden until the next keyframe
+    return None, _End("lost", end.box, end.frame)
+
+
+class _Scaler:
+    """Frames for the tracker, optionally shrunk; boxes between WebM and tracker pixels."""
+
+    def __init__(self, record: dict[str, Any], max_side: int | None):
+        from tasks.detect import _model_size
+
+        self.size = (int(record["output_width"]), int(record["output_height"]))
+        self.model = _model_size(self.size, max_side)
+        self.factor = np.array([self.size[0] / self.model[0], self.size[1] / self.model[1]] * 2)
+
+    def image(self, frame) -> np.ndarray:
+        if self.model == self.size:
+            return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format="rgb24", width=self.model[0], height=self.model[1])
+
+    def to_model(self, box) -> np.ndarray:
+        return np.asarray(box, np.float64) / self.factor
+
+    def to_webm(self, box) -> list[float]:
+        w, h = self.size
+        scaled = np.clip(np.asarray(box, np.float64) * self.factor, 0, [w, h, w, h])
+        return [float(v) for v in scaled]
+
+
+class _Rows:
+    def __init__(self) -> None:
+        self.frame: list[int] = []
+        self.box: list[list[float]] = []
+        self.score: list[float] = []
+        self.hidden: list[bool] = []
+        self.source: list[str] = []
+
+    def add(self, frame: int, box, score: float, hidden: bool, source: str) -> None:
+        self.frame.append(int(frame))
+        self.box.append([float(v) for v in box])
+        self.score.append(float(score))
+        self.hidden.append(bool(hidden))
+        self.source.append(source)
+
+    def to_json(self) -> dict[str, list]:
+        return {"frame": self.frame, "box": self.box, "score": self.score,
+                "hidden": self.hidden, "source": self.source}
+
+    def extend(self, data: dict[str, list]) -> None:
+        for name in ("frame", "box", "score", "hidden", "source"):
+            getattr(self, name).extend(data[name])
+
+    def columns(self) -> dict[str, Any]:
+        return self.to_json()
+
+
+def _interpolated_rows(frames, boxes, anchor_at, max_gap: int) -> dict[str, Any]:
+    """Without a tracker: keyframes, linear between them, hidden across long gaps."""
+    from tasks.boxmath import interpolate
+
+    rows = _Rows()
+    for i, f in enumerate(frames.tolist()):
+        box, score, source = anchor_at[f]
+        rows.add(f, box, score, False, source)
+        if i + 1 == len(frames):
+            break
+        nxt = int(frames[i + 1])
+        between = np.arange(f + 1, nxt)
+        if not len(between):
+            continue
+        if nxt - f <= max_gap:
+            for g, b in zip(between.tolist(), interpolate(box, boxes[i + 1], f, nxt, between)):
+                rows.add(g, b, 0.0, False, "interpolated")
+        else:
+            for g in between.tolist():
+                rows.add(g, box, 0.0, True, "interpolated")
+    return rows.columns()
+
+
+def _object_table(track_id: int, rows: dict[str, Any]) -> pa.Table:
+    box = np.asarray(rows["box"], np.float32).reshape(-1, 4)
+    n = len(rows["frame"])
+    return pa.table({"track_id": pa.array(np.full(n, track_id, np.int32)),
+                     "frame": pa.array(rows["frame"], pa.int64()),
+                     "score": pa.array(rows["score"], pa.float32()),
+                     "x1": box[:, 0], "y1": box[:, 1], "x2": box[:, 2], "y2": box[:, 3],
+                     "hidden": pa.array(rows["hidden"], pa.bool_()),
+                     "source": pa.array(rows["source"], pa.string())}, schema=_OBJECT_SCHEMA)
+
+
+_CHUNK = re.compile(r"c(\d{7})\.json$")
+
+
+def _chunk_name(index: int) -> str:
+    return f"c{index:07d}.json"
+
+
+def _finished_chunks(out: Location, chunk_dir: str) -> int:
+    """How many chunks are finished: files c0000000, c0000001, ... without a gap."""
+    try:
+        names = out.fs.ls(chunk_dir, detail=False)
+    except FileNotFoundError:
+        return 0
+    done = {int(m.group(1)) for n in names if (m := _CHUNK.search(str(n)))}
+    count = 0
+    while count in done:
+        count += 1
+    return count
+
+
+def _remove_chunks(out: Location, chunk_dir: str, count: int) -> None:
+    try:
+        out.fs.rm(chunk_dir, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+# --- 3. the clip's table ------------------------------------------------------------------
+
+
+def assemble_clip(record: dict[str, Any], out: Location, key: str, objects: list[int]) -> dict[str, Any]:
+    base = clip_dir(out, record, key)
+    path = f"{base}/tracks.parquet"
+    existing = read_table(out, path)
+    if existing is None:
+        plan = read_table(out, f"{base}/plan.parquet")
+        timeline = _load_timeline(out, base)
+        parts = []
+        for track_id in objects:
+            table = read_table(out, f"{base}/objects/{track_id}.parquet")
+            if table is None:
+                raise PipelineError(f"object {track_id} of {record['output_uri']} is not tracked yet")
+            parts.append(table)
+        rows = concat(parts, _OBJECT_SCHEMA)
+        existing = _with_clip_columns(rows, plan, timeline, record)
+        write_table(out, path, existing)
+    return {"recording": record["recording"], "clip_index": record["clip_index"],
+            "objects": len(objects), "rows": existing.num_rows,
+            "hidden": int(pc.sum(existing["hidden"]).as_py() or 0)}
+
+
+def _with_clip_columns(rows: pa.Table, plan: pa.Table, timeline: Timeline,
+                       record: dict[str, Any]) -> pa.Table:
+    n = rows.num_rows
+    frame = rows["frame"].to_numpy()
+    # (pts x numerator) / denominator: one correctly rounded division, the same float as
+    # float(pts * time_base) with Fractions (what the detections table holds).
+    tb = timeline.time_base
+    seconds = (timeline.pts.astype(np.float64) * tb.numerator) / tb.denominator
+    # Label (and the model's label) per row: the object's latest keyframe at or before it.
+    track = rows["track_id"].to_numpy()
+    plan_track, plan_frame = plan["track_id"].to_numpy(), plan["frame"].to_numpy()
+    order = np.lexsort((plan_frame, plan_track))
+    keys = plan_track[order].astype(np.int64) * (1 << 40) + plan_frame[order]
+    at = np.searchsorted(keys, track.astype(np.int64) * (1 << 40) + frame, side="right") - 1
+    labels = np.asarray(plan["label"].to_pylist(), dtype=object)[order][at]
+    model = np.asarray(plan["model_label"].to_pylist(), dtype=object)[order][at]
+    table = pa.table({
+        "recording": pa.array([record["recording"]] * n, pa.string()),
+        "clip_index": pa.array(np.full(n, record["clip_index"], np.int32)),
+        "frame": frame, "global_frame": frame + int(record.get("global_first_frame") or 0),
+        "time_s": seconds[frame], "label": pa.array(labels.tolist(), pa.string()),
+        "model_label": pa.array(model.tolist(), pa.string()), "score": rows["score"],
+        "x1": rows["x1"], "y1": rows["y1"], "x2": rows["x2"], "y2": rows["y2"],
+        "track_id": rows["track_id"], "hidden": rows["hidden"], "source": rows["source"]},
+        schema=TRACK_SCHEMA)
+    return table.sort_by([("track_id", "ascending"), ("frame", "ascending")])
+
+
+def write_tracks(out: Location, summaries: list[dict[str, Any]], records: list[dict[str, Any]],
+                 key: str) -> str:
+    """``OUT/tracks.parquet``: every listed clip's tracks, in recording order."""
+    by_clip = {(r["recording"], r["clip_index"]): r for r in records}
+    tables = []
+    for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"])):
+        record = by_clip[(s["recording"], s["clip_index"])]
+        table = read_table(out, f"{clip_dir(out, record, key)}/tracks.parquet")
+        if table is not None:
+            first = int(record.get("global_first_frame") or 0)
+            table = table.set_column(table.schema.get_field_index("global_frame"), "global_frame",
+                                     pc.add(table["frame"], pa.scalar(first, pa.int64())))
+            tables.append(table)
+    path = out.path(TRACKS_FILE)
+    write_table(out, path, concat(tables, TRACK_SCHEMA))
+    return path
+
+
+# --- URI entry points (what a Prefect task calls) ----------------------------------------
+
+
+def _out(out_uri: str, recipe: Recipe) -> Location:
+    from tasks.storage import open_location
+
+    return open_location(out_uri, recipe.storage)
+
+
+def plan_clip_uri(record, out_uri: str, recipe: Recipe, keyframes_uri: str | None, key: str):
+    out = _out(out_uri, recipe)
+    table = load_keyframes(keyframes_uri, out)[0] if keyframes_uri else None
+    return plan_clip(record, out, recipe, table, key)
+
+
+def run_object_uri(record, out_uri: str, recipe: Recipe, key: str, track_id: int):
+    return run_object(record, _out(out_uri, recipe), recipe, key, track_id)
+
+
+def assemble_clip_uri(record, out_uri: str, recipe: Recipe, key: str, objects: list[int]):
+    return assemble_clip(record, _out(out_uri, recipe), key, objects)
+
+
+def write_tracks_uri(out_uri: str, recipe: Recipe, summaries, records, key: str) -> str:
+    out = _out(out_uri, recipe)
+    return out.url(write_tracks(out, summaries, records, key))
