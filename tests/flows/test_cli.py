@@ -10,7 +10,7 @@ import pytest
 from flows.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["ingest", "convert", "demo"])
+@pytest.mark.parametrize("command", ["ingest", "convert", "detect", "track", "demo"])
 def test_help_explains_each_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

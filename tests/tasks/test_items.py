@@ -23,3 +23,11 @@ def test_timeline_addresses_frames_across_clips():
     got = {(r["recording"], r["clip_index"]): (r["global_first_frame"], r["recording_start_s"]) for r in rows}
     assert got == {("a", 0): (0, 0.0), ("a", 1): (100, 4.0), ("a", 2): (150, 6.0),
                    ("a", 3): (150, 6.0), ("b", 0): (0, 0.0)}
+
+
+def test_readme_documents_every_detection_and_track_column():
+    from tasks.tables import DETECTION_COLUMNS, TRACK_COLUMNS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name, _, _ in DETECTION_COLUMNS + TRACK_COLUMNS if f"| `{name}` |" not in readme]
+    assert missing == []
