@@ -14,7 +14,7 @@ that ratio minus 1. The goal is an overhead under 10%. The pipeline decodes the 
 batch while the model works on the last, so on a machine with a core to spare it can be
 *faster* than the sequential reference (a negative overhead).
 
-    python -m benchmarks.detect_overhead [--pairs 2] [--loops 2] [--recipe configs/default.yaml]
+    python -m benchmarks.detect_overhead [--pairs 3] [--loops 2] [--recipe configs/default.yaml]
 
 Results are printed and written as JSON to ``benchmarks/_work/detect_overhead.json``.
 """
@@ -90,7 +90,7 @@ def reference(path: str, recipe) -> tuple[float, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--loops", type=int, default=2, help="copies of the 250-frame bikes sample")
     parser.add_argument("--recipe", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--json", default=str(WORK / "detect_overhead.json"))

@@ -53,5 +53,6 @@ def with_runner(recipe):
 
 
 def run_detect(uri: str, out: str, config: str | None) -> dict[str, Any]:
-    recipe = load_recipe(config)  # a bad recipe fails before Prefect starts
+    recipe = load_recipe(config)  # a bad recipe or backend fails before Prefect starts
+    make_detector(recipe)
     return with_runner(recipe)(uri=uri, out=out, config=config)

@@ -11,7 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.convert import _io
 from flows.detect import with_runner as detect_with_runner
-from tasks.detect import converted_records, is_converted
+from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import load_recipe
 from tasks.storage import open_location
 from tasks.track import (assemble_clip_uri, load_keyframes, plan_clip_uri, run_object_uri,
@@ -67,8 +67,23 @@ def track_flow(uri: str, out: str, config: str | None = None,
         "rows": sum(s["rows"] for s in summaries), "failed": failed, "tracks_uri": tracks_uri}}
 
 
+def _check_tracker(recipe) -> None:
+    from models import registry
+    from tasks.errors import ConfigError
+
+    try:
+        registry.create("tracker", recipe.track.tracker, **recipe.track.options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"track.tracker {recipe.track.tracker!r}: {e}") from e
+
+
 def run_track(uri: str, out: str, config: str | None, keyframes: str | None) -> dict[str, Any]:
-    recipe = load_recipe(config)
+    recipe = load_recipe(config)  # bad recipes, backends and keyframes fail before Prefect starts
+    make_detector(recipe)
+    if recipe.track.tracker is not None:
+        _check_tracker(recipe)
+    if keyframes:
+        load_keyframes(keyframes, open_location(out, recipe.storage))
     runner = ThreadPoolTaskRunner(max_workers=recipe.track.max_parallel)
     return track_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config,
                                                        keyframes=keyframes)

@@ -39,3 +39,25 @@ def test_missing_out_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["convert", "somewhere"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("detect: {backend: nope}\n", "detect.backend 'nope': unknown detector"),
+    ("track: {tracker: csrt, options: {bogus: 1}}\n", "track.tracker 'csrt': unknown option 'bogus'"),
+    ("labels: {map: {person: x}, file: missing.yaml}\n", "cannot read labels file"),
+])
+def test_bad_stage_settings_exit_2_before_work(tmp_path, dataset, capsys, recipe, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(recipe)
+    code = main(["track", str(dataset), "--out", str(tmp_path / "out"), "--config", str(config)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_keyframes_file_exits_2(tmp_path, dataset, capsys):
+    keyframes = tmp_path / "kf.csv"
+    keyframes.write_text("recording,frame\ncam,1\n")
+    code = main(["track", str(dataset), "--out", str(tmp_path / "out"), "--keyframes", str(keyframes)])
+    assert code == 2
+    assert "missing column(s) clip_index, track_id" in capsys.readouterr().err

@@ -231,3 +231,24 @@ def test_named_weights_bring_their_categories(saved, frames, monkeypatch):
                                score_threshold=0.0)
     assert detector.spec.labels == tuple(c for c in COCO if c not in ("__background__", "N/A"))
     assert _same(detector, detect_checked(detector, frames), _direct(net, frames))
+
+
+def test_recipe_device_and_checkpoint_reach_the_backend(saved, tmp_path):
+    """The detect stage builds the backend from a recipe: a relative checkpoint path is
+    resolved against the recipe file, and ``detect.device`` is passed to the backend."""
+    from tasks.detect import make_detector
+    from tasks.errors import ConfigError
+    from tasks.recipe import load_recipe
+
+    net, path = saved[SSD, 0]
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "ssd.pth").write_bytes(path.read_bytes())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"detect:\n  backend: torchvision\n  device: cpu\n  options:\n"
+                      f"    model: {SSD}\n    checkpoint: weights/ssd.pth\n    score_threshold: 0.0\n")
+    detector = make_detector(load_recipe(recipe))
+    assert detector._device.type == "cpu" and detector.spec.labels[0] == "person"
+    if not torch.cuda.is_available():
+        recipe.write_text(recipe.read_text().replace("device: cpu", "device: cuda"))
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            make_detector(load_recipe(recipe))
