@@ -7,20 +7,23 @@ Three units of work, each a plain function a Prefect task wraps:
    from associating the clip's detections (`tasks.associate`); keyframes a person made come
    from a table (`load_keyframes`) and win over the detector's. Written to the clip's state
    with the WebM's timeline (the pts of every frame), so later units never re-derive it.
-2. `run_object`: one object, chunk after chunk. A chunk starts by re-initialising the
-   tracker on the frame before it with the box it reached (so a chunk depends only on what
-   the previous chunk persisted: a resumed run gives exactly the boxes of an uninterrupted
-   one), then advances up to ``frames_per_execution`` frames. At a keyframe the tracker is
-   re-initialised on it. A score below ``lost_score`` (or the tracker losing the box) hides
-   the object until its next keyframe (the association found it again); after its last
-   keyframe a lost object ends, and the tracker carries it at most ``carry_frames``. Each
-   chunk's rows and end state are one small atomic file; when the object is finished they
-   are merged into one table and the chunk files removed.
+2. `run_object`: one object, chunk after chunk. Each chunk advances up to
+   ``frames_per_execution`` frames and persists its rows and end state (frame reached, last
+   box, score, active/lost) as one small atomic file; at a keyframe the tracker restarts on
+   it. Within a run the tracker's model lives on across chunk boundaries, so chunking costs
+   nothing in accuracy. OpenCV trackers cannot be saved, so a resumed run rebuilds the model
+   by replaying the object from its last keyframe to the chunk (`_rebuild`); trackers are
+   deterministic, so the replay lands on the persisted box and the resumed run's boxes are
+   identical to an uninterrupted one's. A score below ``lost_score`` (or the tracker losing
+   the box) hides the object until its next keyframe (the association found it again);
+   after its last keyframe a lost object ends, and the tracker carries it at most
+   ``carry_frames``. When the object is finished its chunk files are merged into one table
+   and removed.
 3. `assemble_clip`: the objects' rows joined with the clip's timeline into the clip's
    tracks table.
 
 Within a run one decoder reads the object's frames in order (chunk boundaries do not seek);
-a resumed run seeks once, to the frame before its first chunk (`tasks.frames`).
+a resumed run seeks once, to the object's last keyframe (`tasks.frames`, exact frames).
 """
 
 from __future__ import annotations
@@ -300,41 +303,23 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     tracker = registry.create("tracker", cfg.tracker, **cfg.options)
     takes_reference = "reference" in inspect.signature(tracker.init).parameters
     anchor_frames = np.asarray(sorted(anchor_at), np.int64)
-    keyframe_image: tuple[int, np.ndarray] | None = None  # the object's look at its last keyframe
     with _open_webm(out, record, timeline) as reader:
         scaler = _Scaler(record, cfg.max_side)
-        previous: tuple[int, np.ndarray] | None = None  # (frame, image) just before a chunk
+        state, live = None, False  # the tracker, kept across chunks within this run
         for c in range(done, len(chunk_starts)):
             if end.status == "ended" or (stop_after_chunks is not None and ran >= stop_after_chunks):
                 break
             c0, c1 = chunk_starts[c], min(chunk_starts[c] + size, stop)
-            reinit = end.status == "active" and c0 not in anchor_at
-            reference = None
-            if reinit and takes_reference:
-                ref = int(anchor_frames[np.searchsorted(anchor_frames, c0) - 1])
-                if keyframe_image is None or keyframe_image[0] != ref:
-                    keyframe_image = _read_one(reader, ref, scaler)  # only after a resume
-                reference = (keyframe_image[1], scaler.to_model(anchor_at[ref][0]))
-            first = c0 - 1 if reinit and (previous is None or previous[0] != c0 - 1) else c0
+            if end.status == "active" and c0 not in anchor_at and not live:
+                state = _rebuild(tracker, reader, scaler, anchor_at, anchor_frames, last_anchor,
+                                 end, c0, cfg.lost_score, takes_reference)
             rows = _Rows()
-            state = None
-            for index, pts, frame in reader.read(first, c1 - first):
-                image = scaler.image(frame)
-                if index < c0:
-                    previous = (index, image)
-                    continue
-                if reinit:
-                    reinit = False
-                    state = _init(tracker, previous[1], scaler.to_model(end.box), reference)
-                    if state is None:
-                        end = _End("lost", end.box, end.frame)
-                if index in anchor_at:
-                    keyframe_image = (index, image)
-                state, end = _step(tracker, state, image, index, anchor_at, last_anchor,
-                                   end, rows, scaler, cfg.lost_score)
-                previous = (index, image)
+            for index, pts, frame in reader.read(c0, c1 - c0):
+                state, end = _step(tracker, state, scaler.image(frame), index, anchor_at,
+                                   last_anchor, end, rows, scaler, cfg.lost_score)
                 if end.status == "ended":
                     break
+            live = True
             blob = {"rows": rows.to_json(), "end": end.to_json()}
             write_bytes_atomic(out, f"{chunk_dir}/{_chunk_name(c)}", json.dumps(blob).encode())
             ran += 1
@@ -351,10 +336,31 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
             "resumed_at_chunk": done, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _read_one(reader: FrameReader, index: int, scaler: "_Scaler") -> tuple[int, np.ndarray]:
-    for _, _, frame in reader.read(index, 1):
-        return index, scaler.image(frame)
-    raise PipelineError(f"frame {index} could not be read")
+def _rebuild(tracker, reader: FrameReader, scaler: "_Scaler", anchor_at, anchor_frames,
+             last_anchor: int, end: "_End", c0: int, lost_score: float, takes_reference: bool):
+    """The tracker as an uninterrupted run had it before frame ``c0``, after a resume.
+
+    OpenCV trackers cannot be saved, so the state is rebuilt by replaying the object from
+    its last keyframe up to the chunk (the rows are already persisted and are not written
+    again). Trackers are deterministic, so the replay ends on exactly the persisted box, and
+    a resumed run goes on as if never stopped. Should it not (a tracker that is not
+    deterministic), the tracker restarts on the persisted box, scoring against the keyframe.
+    """
+    ref = int(anchor_frames[np.searchsorted(anchor_frames, c0) - 1])
+    state, replay = None, _End("active", None, None)
+    keyframe = previous = None
+    for index, _, frame in reader.read(ref, c0 - ref):
+        image = scaler.image(frame)
+        keyframe = image if index == ref else keyframe
+        state, replay = _step(tracker, state, image, index, anchor_at, last_anchor, replay,
+                              _Rows(), scaler, lost_score)
+        previous = image
+    if replay.to_json() == end.to_json() and state is not None:
+        return state
+    log.warning("tracker replay to frame %d ended on %s, not the persisted %s; restarting "
+                "on the persisted box", c0, replay.box, end.box)
+    reference = (keyframe, scaler.to_model(anchor_at[ref][0])) if takes_reference else None
+    return _init(tracker, previous, scaler.to_model(end.box), reference)
 
 
 def _init(tracker, image: np.ndarray, box: np.ndarray, reference=None):

@@ -182,7 +182,7 @@ def _keyframes_file(tmp_path, rows, name="kf.parquet"):
     return str(path)
 
 
-def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_out, tmp_path):
+def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_out, tmp_path, caplog):
     scene, out, record = fresh_out
     a0, a1 = scene.boxes["A"][0], scene.boxes["A"][120]
     kf_path = _keyframes_file(tmp_path, [("cam", 0, 7, 0, "ball", *a0.tolist()),
@@ -212,6 +212,7 @@ def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_
     assert partial["status"] == "interrupted" and partial["chunks"] == 3
     resumed = run_object(record, out, recipe, key, 7)
     assert resumed["resumed_at_chunk"] == 3
+    assert "replay" not in caplog.text  # rebuilt by replay, not restarted
     assert pq.read_table(f"{base}/objects/7.parquet").equals(uninterrupted)
     assert not (tmp_path / "out").joinpath(base, "objects", "7").exists()  # chunk files merged
 
