@@ -18,10 +18,14 @@ def available(kind: str) -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
 
 
-def create(kind: str, name: str, **options):
-    """A backend instance; an unknown name is a caller mistake (ValueError)."""
+def factory(kind: str, name: str):
+    """A backend's ``create``; an unknown name is a caller mistake (ValueError)."""
     names = available(kind)
     if name not in names:
         raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(names) or 'none'}")
-    module = importlib.import_module(f"models.{kind}s.{name}")
-    return module.create(**options)
+    return importlib.import_module(f"models.{kind}s.{name}").create
+
+
+def create(kind: str, name: str, **options):
+    """A backend instance; an unknown name is a caller mistake (ValueError)."""
+    return factory(kind, name)(**options)

@@ -12,6 +12,7 @@ shrinks the frame and boxes are mapped back to WebM pixels.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import queue
 import threading
@@ -22,19 +23,19 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from models import registry
 from models.boxes import Boxes
 from models.contracts import Detector
 from tasks.detect_driver import detect_checked
-from tasks.errors import BadBackendError, ConfigError, PipelineError
+from tasks.errors import ConfigError, PipelineError
 from tasks.ingest import clip_id_for
 
 from tasks.probe import open_media
 from tasks.recipe import Recipe
 from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
-from tasks.tables import DETECTION_SCHEMA, concat, read_table, write_table
+from tasks.geometry import fit_within
+from tasks.tables import DETECTION_SCHEMA, concat, read_table, with_global_frame, write_table
 
 log = logging.getLogger(__name__)
 STATE_DIR = "_state/detect"
@@ -51,12 +52,7 @@ def make_detector(recipe: Recipe) -> Detector:
     name = recipe.detect.backend
     options = dict(recipe.detect.options)
     try:
-        names = registry.available("detector")
-        if name not in names:
-            raise ValueError(f"unknown detector; available: {', '.join(names)}")
-        import importlib
-
-        create = importlib.import_module(f"models.detectors.{name}").create
+        create = registry.factory("detector", name)
         accepts = inspect.signature(create).parameters
         if "device" in accepts and "device" not in options:
             options["device"] = recipe.detect.device
@@ -85,8 +81,6 @@ def webm_path(out: Location, record: dict[str, Any]) -> str:
 
 
 def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, Any] | None:
-    import json
-
     meta_path, table_path = state_paths(out, record)
     data = read_bytes(out, meta_path)
     if data is None:
@@ -116,8 +110,6 @@ class _Sampled:
 def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
                 detector: Detector | None = None) -> dict[str, Any]:
     """Detections of one converted clip, written to the clip's state; returns a summary."""
-    import json
-
     key = recipe.detect_key()
     summary = {"recording": record["recording"], "clip_index": record["clip_index"],
                "clip_name": record["clip_name"]}
@@ -267,7 +259,7 @@ def _decode_batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch
                                              f"{frame.pts} after {last_pts}; not in timestamp order")
                     if webm_size is None:
                         webm_size = (frame.width, frame.height)
-                        model_size = _model_size(webm_size, cfg.max_side)
+                        model_size = fit_within(webm_size, cfg.max_side)
                         scale = (webm_size[0] / model_size[0], webm_size[1] / model_size[1])
                     if decoded % cfg.every_nth == 0:
                         if model_size == webm_size:
@@ -288,13 +280,6 @@ def _decode_batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch
             yield _Batch(pending, decoded, scale, webm_size or (0, 0))
 
 
-def _model_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    w, h = size
-    if not max_side or max(w, h) <= max_side:
-        return size
-    factor = max_side / max(w, h)
-    return max(1, round(w * factor)), max(1, round(h * factor))
-
 
 def write_detections(out: Location, summaries: list[dict[str, Any]],
                      records: list[dict[str, Any]]) -> str:
@@ -307,18 +292,14 @@ def write_detections(out: Location, summaries: list[dict[str, Any]],
         _, table_path = state_paths(out, by_clip[(s["recording"], s["clip_index"])])
         table = read_table(out, table_path)
         if table is not None:
-            # global_frame depends on earlier clips' lengths, which a rerun may change.
-            first = int(by_clip[(s["recording"], s["clip_index"])].get("global_first_frame") or 0)
-            frame = table.column("frame")
-            table = table.set_column(table.schema.get_field_index("global_frame"), "global_frame",
-                                     pc.add(frame, pa.scalar(first, pa.int64())))
-            tables.append(table)
+            first = by_clip[(s["recording"], s["clip_index"])].get("global_first_frame") or 0
+            tables.append(with_global_frame(table, first))
     path = out.path(DETECTIONS_FILE)
     write_table(out, path, concat(tables, DETECTION_SCHEMA))
     return path
 
 
-__all__ = ["make_detector", "detect_clip", "write_detections", "is_converted", "BadBackendError"]
+__all__ = ["make_detector", "detect_clip", "write_detections", "is_converted"]
 
 
 # --- URI entry points (what a Prefect task calls: small, picklable arguments) ----------------

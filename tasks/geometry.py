@@ -28,3 +28,12 @@ def plan_geometry(stored_width: int, stored_height: int, sar: Fraction, rotation
         out_w, out_h = max(1, round(width * max_height / height)), max_height
     return Geometry(rotation=rotation, display_width=width, display_height=height,
                     width=out_w, height=out_h)
+
+
+def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` (width, height) shrunk so its longer side is at most ``max_side`` (aspect kept)."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return size
+    factor = max_side / max(w, h)
+    return max(1, round(w * factor)), max(1, round(h * factor))

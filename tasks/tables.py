@@ -4,6 +4,7 @@ Parquet writes. The README's schema sections are generated from these lists."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.storage import Location, read_bytes, write_bytes_atomic
@@ -62,6 +63,14 @@ def read_table(out: Location, path: str) -> pa.Table | None:
 def concat(tables: list[pa.Table], target: pa.Schema) -> pa.Table:
     tables = [t.select(target.names).cast(target) for t in tables if t is not None]
     return pa.concat_tables(tables) if tables else target.empty_table()
+
+
+def with_global_frame(table: pa.Table, first_frame: int) -> pa.Table:
+    """``global_frame`` = the clip's first frame in its recording + ``frame``; recomputed when
+    tables are combined, as a rerun may change earlier clips' lengths."""
+    index = table.schema.get_field_index("global_frame")
+    return table.set_column(index, "global_frame",
+                            pc.add(table["frame"], pa.scalar(int(first_frame), pa.int64())))
 
 
 def schema_markdown(columns: Columns) -> str:

@@ -51,7 +51,8 @@ from tasks.ingest import clip_id_for
 from tasks.probe import choose_video_stream, open_media
 from tasks.recipe import Recipe
 from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
-from tasks.tables import TRACK_SCHEMA, concat, read_table, write_table
+from tasks.geometry import fit_within
+from tasks.tables import TRACK_SCHEMA, concat, read_table, with_global_frame, write_table
 
 log = logging.getLogger(__name__)
 STATE_DIR = "_state/track"
@@ -330,8 +331,8 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     merged = _Rows()
     for c in range(total):
         merged.extend(json.loads(read_bytes(out, f"{chunk_dir}/{_chunk_name(c)}"))["rows"])
-    write_table(out, final, _object_table(track_id, merged.columns()))
-    _remove_chunks(out, chunk_dir, total)
+    write_table(out, final, _object_table(track_id, merged.to_json()))
+    _remove_chunks(out, chunk_dir)
     return {**summary, "status": "tracked", "rows": len(merged.frame), "chunks": total,
             "resumed_at_chunk": done, "seconds": round(time.perf_counter() - started, 3)}
 
@@ -396,10 +397,8 @@ class _Scaler:
     """Frames for the tracker, optionally shrunk; boxes between WebM and tracker pixels."""
 
     def __init__(self, record: dict[str, Any], max_side: int | None):
-        from tasks.detect import _model_size
-
         self.size = (int(record["output_width"]), int(record["output_height"]))
-        self.model = _model_size(self.size, max_side)
+        self.model = fit_within(self.size, max_side)
         self.factor = np.array([self.size[0] / self.model[0], self.size[1] / self.model[1]] * 2)
 
     def image(self, frame) -> np.ndarray:
@@ -439,9 +438,6 @@ class _Rows:
         for name in ("frame", "box", "score", "hidden", "source"):
             getattr(self, name).extend(data[name])
 
-    def columns(self) -> dict[str, Any]:
-        return self.to_json()
-
 
 def _interpolated_rows(frames, boxes, anchor_at, max_gap: int) -> dict[str, Any]:
     """Without a tracker: keyframes, linear between them, hidden across long gaps."""
@@ -463,7 +459,7 @@ def _interpolated_rows(frames, boxes, anchor_at, max_gap: int) -> dict[str, Any]
         else:
             for g in between.tolist():
                 rows.add(g, box, 0.0, True, "interpolated")
-    return rows.columns()
+    return rows.to_json()
 
 
 def _object_table(track_id: int, rows: dict[str, Any]) -> pa.Table:
@@ -497,7 +493,7 @@ def _finished_chunks(out: Location, chunk_dir: str) -> int:
     return count
 
 
-def _remove_chunks(out: Location, chunk_dir: str, count: int) -> None:
+def _remove_chunks(out: Location, chunk_dir: str) -> None:
     try:
         out.fs.rm(chunk_dir, recursive=True)
     except FileNotFoundError:
@@ -565,10 +561,7 @@ def write_tracks(out: Location, summaries: list[dict[str, Any]], records: list[d
         record = by_clip[(s["recording"], s["clip_index"])]
         table = read_table(out, f"{clip_dir(out, record, key)}/tracks.parquet")
         if table is not None:
-            first = int(record.get("global_first_frame") or 0)
-            table = table.set_column(table.schema.get_field_index("global_frame"), "global_frame",
-                                     pc.add(table["frame"], pa.scalar(first, pa.int64())))
-            tables.append(table)
+            tables.append(with_global_frame(table, record.get("global_first_frame") or 0))
     path = out.path(TRACKS_FILE)
     write_table(out, path, concat(tables, TRACK_SCHEMA))
     return path

@@ -26,13 +26,6 @@ def test_console_script_help():
     assert "ingest" in done.stdout and "convert" in done.stdout
 
 
-def test_bad_recipe_exits_2_before_work(tmp_path, dataset, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("convert:\n  crf: 500\n")
-    code = main(["convert", str(dataset), "--out", str(tmp_path / "out"), "--config", str(bad)])
-    assert code == 2
-    assert "convert.crf: must be at most 63" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
 
 
 def test_missing_out_is_a_usage_error():
@@ -41,15 +34,16 @@ def test_missing_out_is_a_usage_error():
     assert info.value.code == 2
 
 
-@pytest.mark.parametrize("recipe, message", [
-    ("detect: {backend: nope}\n", "detect.backend 'nope': unknown detector"),
-    ("track: {tracker: csrt, options: {bogus: 1}}\n", "track.tracker 'csrt': unknown option 'bogus'"),
-    ("labels: {map: {person: x}, file: missing.yaml}\n", "cannot read labels file"),
+@pytest.mark.parametrize("command, recipe, message", [
+    ("convert", "convert:\n  crf: 500\n", "convert.crf: must be at most 63"),
+    ("track", "detect: {backend: nope}\n", "detect.backend 'nope': unknown detector"),
+    ("track", "track: {tracker: csrt, options: {bogus: 1}}\n", "track.tracker 'csrt': unknown option 'bogus'"),
+    ("track", "labels: {map: {person: x}, file: missing.yaml}\n", "cannot read labels file"),
 ])
-def test_bad_stage_settings_exit_2_before_work(tmp_path, dataset, capsys, recipe, message):
+def test_bad_recipe_exits_2_before_work(tmp_path, dataset, capsys, command, recipe, message):
     config = tmp_path / "bad.yaml"
     config.write_text(recipe)
-    code = main(["track", str(dataset), "--out", str(tmp_path / "out"), "--config", str(config)])
+    code = main([command, str(dataset), "--out", str(tmp_path / "out"), "--config", str(config)])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
