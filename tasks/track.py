@@ -136,7 +136,7 @@ def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
     done = read_bytes(out, f"{base}/plan.json")
     if done is not None:
         return {**summary, **json.loads(done)}
-    timeline = _webm_timeline(out, record)
+    timeline = webm_timeline(out, record)
     frame_count = len(timeline)
     plans = []
     human_ids: set[int] = set()
@@ -210,7 +210,7 @@ def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe, offset
         "source": pa.array(["detector"] * int(keep.sum()), pa.string())}, schema=_PLAN_SCHEMA)
 
 
-def _webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:
+def webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:
     with _open_webm(out, record) as reader:
         return reader.timeline
 

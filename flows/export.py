@@ -1,0 +1,64 @@
+"""Flow `export`: compact what is not compacted yet (running the stages before it), turn
+time spans into per-frame labels when a spans file is given, then write every converted
+clip's keyframes in the asked formats, one task per clip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.compact import compact_flow, is_table
+from flows.convert import _io
+from flows.track import check_before_start
+from tasks.detect import converted_records, is_converted
+from tasks.export import export_clip_uri, finish_uri, parse_formats
+from tasks.recipe import load_recipe
+from tasks.spans import frame_labels_uri
+
+export_clip = task(export_clip_uri, name="export-clip",
+                   task_run_name="export {record[clip_name]}", **_io)
+finish = task(finish_uri, name="export-finish", **_io)
+spans_to_frames = task(frame_labels_uri, name="spans-to-frame-labels", **_io)
+
+
+@flow(name="preannotate-export", log_prints=True)
+def export_flow(uri: str, out: str, config: str | None = None, formats: list[str] | None = None,
+                spans: str | None = None) -> dict[str, Any]:
+    logger = get_run_logger()
+    recipe = load_recipe(config)
+    formats = parse_formats(formats or recipe.export.formats)
+    upstream = compact_flow(source=uri, out=out, config=config)
+    spans = spans or recipe.export.spans
+    span_summary = spans_to_frames(out, recipe, spans) if spans else None
+    records = [r for r in converted_records(out, recipe) if is_converted(r)]
+    futures = [(r, export_clip.submit(r, out, recipe, formats)) for r in records]
+    clips, failed = [], []
+    for record, future in futures:
+        try:
+            clips.append(future.result())
+        except Exception as e:  # reported; the other clips are exported
+            logger.error("export %s failed: %s", record["output_uri"], e)
+            failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
+    files = finish(out, recipe, formats, clips)
+    return {**upstream, "spans": span_summary, "export": {
+        "formats": formats, "clips": len(clips), "failed": failed,
+        "files": sum(len(v) for c in clips for v in c["files"].values()) +
+        sum(len(v) for v in files.values()), "combined": files}}
+
+
+def run_export(uri: str, out: str, config: str | None, formats: str | None,
+               spans: str | None) -> dict[str, Any]:
+    recipe = load_recipe(config)
+    chosen = parse_formats(formats) if formats else None
+    if not is_table(uri):
+        check_before_start(recipe, out, None)
+    if spans:
+        from tasks.labels import load_label_tree
+        from tasks.spans import load_spans
+
+        load_spans(spans, load_label_tree(recipe.labels.file) if recipe.labels.file else None)
+    runner = ThreadPoolTaskRunner(max_workers=recipe.run.max_parallel_clips)
+    return export_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config,
+                                                        formats=chosen, spans=spans)

@@ -1,0 +1,144 @@
+"""The export stage: each converted clip's keyframes written in the formats reviewers' tools
+import, under ``OUT/exports/<format>/<recording>/<clip>.<ext>``; the Parquet tables stay
+where the stages write them (``OUT/*.parquet``).
+
+Each format is one module in `tasks/exports/` with ``write(keyframes, clip) -> bytes``;
+files are written atomically, so a rerun rewrites identical bytes and a crash leaves no half
+file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import posixpath
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.compact import KEYFRAMES_FILE
+from tasks.errors import ConfigError
+from tasks.exports.base import ClipInfo
+from tasks.keyframes import KEYFRAME_SCHEMA
+from tasks.recipe import EXPORT_FORMATS, Recipe
+from tasks.storage import Location, open_location, safe_component, write_bytes_atomic
+from tasks.tables import read_table
+
+EXPORT_DIR = "exports"
+MODULES = {"json": "tasks.exports.native", "cvat": "tasks.exports.cvat",
+           "labelstudio": "tasks.exports.labelstudio", "dataloop": "tasks.exports.dataloop",
+           "mot": "tasks.exports.mot"}
+TABLES = ("items.parquet", "detections.parquet", "tracks.parquet", KEYFRAMES_FILE,
+          "spans.parquet", "frame_labels.parquet")
+
+
+def parse_formats(text: str | list[str]) -> list[str]:
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in EXPORT_FORMATS]
+    if unknown or not names:
+        raise ConfigError(f"unknown export format(s) {unknown or text!r}; choose from "
+                          f"{', '.join(EXPORT_FORMATS)}")
+    return list(dict.fromkeys(names))
+
+
+def format_module(name: str):
+    return importlib.import_module(MODULES[name])
+
+
+def clip_info(out: Location, record: dict[str, Any]) -> ClipInfo:
+    """The clip as exports describe it: WebM size, frame count and decoded timestamps."""
+    from tasks.track import webm_timeline
+
+    timeline = webm_timeline(out, record)
+    tb = timeline.time_base
+    times = (timeline.pts.astype(np.float64) * tb.numerator) / tb.denominator
+    fps = record.get("output_fps_measured") or record.get("fps") or "30"
+    return ClipInfo(recording=record["recording"], clip_index=int(record["clip_index"]),
+                    name=record["clip_name"], video_uri=record["output_uri"],
+                    width=int(record["output_width"]), height=int(record["output_height"]),
+                    frames=len(timeline), fps=Fraction(fps), times_s=times)
+
+
+def clip_keyframes(keyframes: pa.Table, record: dict[str, Any]) -> pa.Table:
+    mask = pc.and_(pc.equal(keyframes["recording"], record["recording"]),
+                   pc.equal(keyframes["clip_index"], int(record["clip_index"])))
+    return keyframes.filter(mask)
+
+
+def export_path(out: Location, fmt: str, record: dict[str, Any], extension: str) -> str:
+    """``exports/<fmt>/<recording>/<clip stem><ext>``; MOT keeps its sequence layout,
+    ``exports/mot/<recording>/<clip stem>/gt/gt.txt`` (with ``gt/labels.txt``)."""
+    stem = posixpath.splitext(safe_component(record["clip_name"]))[0]
+    parts = [p for p in record["recording"].split("/") if p] if record["recording"] else []
+    base = [EXPORT_DIR, fmt, *[safe_component(p) for p in parts]]
+    if fmt == "mot":
+        return out.path(*base, stem, "gt", "gt.txt")
+    return out.path(*base, stem + extension)
+
+
+def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> dict[str, Any]:
+    """Write one clip's keyframes in every asked format (not `parquet`: the tables are
+    already written). Returns {format: [file URL, ...]}."""
+    keyframes = read_table(out, out.path(KEYFRAMES_FILE))
+    if keyframes is None:
+        raise ConfigError(f"no {KEYFRAMES_FILE} in {out.url(out.root)}; run compact first")
+    rows = clip_keyframes(keyframes.cast(KEYFRAME_SCHEMA), record)
+    clip = clip_info(out, record)
+    # One class numbering for every clip's MOT files: the labels of the whole table.
+    all_labels = sorted(set(keyframes["label"].to_pylist()))
+    written: dict[str, list[str]] = {}
+    for fmt in formats:
+        if fmt == "parquet":
+            continue
+        module = format_module(fmt)
+        path = export_path(out, fmt, record, module.EXTENSION)
+        if fmt == "mot":
+            write_bytes_atomic(out, path, module.write(rows, clip, labels=all_labels))
+            labels_path = posixpath.join(posixpath.dirname(path), module.LABELS_FILE)
+            write_bytes_atomic(out, labels_path, module.write_labels(rows, clip, labels=all_labels))
+            written[fmt] = [out.url(path), out.url(labels_path)]
+            continue
+        write_bytes_atomic(out, path, module.write(rows, clip))
+        written[fmt] = [out.url(path)]
+    return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
+            "tracks": len(set(rows["track_id"].to_pylist())), "keyframes": rows.num_rows,
+            "files": written}
+
+
+def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[str, Any]]) -> dict:
+    """Files that cover every clip: Label Studio's task list and labelling config."""
+    files: dict[str, list[str]] = {}
+    if "labelstudio" in formats:
+        from tasks.exports import labelstudio
+
+        tasks, labels = [], set()
+        for clip in sorted(clips, key=lambda c: (c["recording"], c["clip_index"])):
+            for url in clip["files"].get("labelstudio", []):
+                path = out.path(posixpath.relpath(url, out.url(out.root))) if not out.is_local \
+                    else url
+                tasks.extend(json.loads(out.fs.cat_file(path)))
+        keyframes = read_table(out, out.path(KEYFRAMES_FILE))
+        labels = sorted(set(keyframes["label"].to_pylist())) if keyframes is not None else []
+        if recipe.labels.file:
+            from tasks.labels import load_label_tree
+
+            labels = sorted(set(labels) | set(load_label_tree(recipe.labels.file).paths))
+        all_tasks = out.path(EXPORT_DIR, "labelstudio", "tasks.json")
+        config = out.path(EXPORT_DIR, "labelstudio", "config.xml")
+        write_bytes_atomic(out, all_tasks, json.dumps(tasks, indent=1).encode())
+        write_bytes_atomic(out, config, labelstudio.labeling_config(labels).encode())
+        files["labelstudio"] = [out.url(all_tasks), out.url(config)]
+    if "parquet" in formats:
+        files["parquet"] = [out.url(out.path(t)) for t in TABLES if out.fs.exists(out.path(t))]
+    return files
+
+
+def export_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe, formats: list[str]):
+    return export_clip(record, open_location(out_uri, recipe.storage), formats)
+
+
+def finish_uri(out_uri: str, recipe: Recipe, formats: list[str], clips: list[dict[str, Any]]):
+    return finish(open_location(out_uri, recipe.storage), recipe, formats, clips)

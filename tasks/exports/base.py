@@ -1,0 +1,35 @@
+"""What every format module shares: the clip a file describes and the one error type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from tasks.errors import PipelineError
+
+
+class FormatError(PipelineError, ValueError):
+    """A file in one of our formats is malformed; the message names what and where."""
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """One converted clip, as an export file describes it. Boxes are in WebM pixels."""
+
+    recording: str
+    clip_index: int
+    name: str  # the clip's file name (e.g. "10.mp4"); exports are named after it
+    video_uri: str  # the WebM the annotations belong to
+    width: int
+    height: int
+    frames: int
+    fps: Fraction  # average rate, for tools that want one; times come from `times_s`
+    times_s: np.ndarray = field(default=None, repr=False)  # decoded timestamp of every frame
+
+    def time_of(self, frame: int) -> float:
+        """Decoded timestamp of ``frame`` (s); frame / fps only when the timeline is unknown."""
+        if self.times_s is not None and 0 <= frame < len(self.times_s):
+            return float(self.times_s[frame])
+        return float(Fraction(frame) / self.fps)
