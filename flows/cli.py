@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
               for f in (summary.get(stage) or {}).get("failed", [])]
     if failed:
         return EXIT_FAILED
-    convert = summary.get("convert")
+    convert = summary.get("convert", summary if "counts" in summary else None)
     return EXIT_BLOCKED if convert and convert["counts"].get("blocked") else EXIT_OK
 
 

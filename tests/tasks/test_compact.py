@@ -17,6 +17,11 @@ from tasks.keyframes import check_keyframes, expand, normalise_dense
 from tasks.tables import TRACK_SCHEMA
 
 
+def floats(low: float, high: float):
+    # No subnormals: torch's tests flush them process-wide, which hypothesis refuses.
+    return st.floats(low, high, allow_subnormal=False)
+
+
 def walk(rng: np.random.Generator, n: int, smooth: float, jitter: float) -> np.ndarray:
     """Boxes of an object moving with random acceleration, its size drifting, plus jitter."""
     centre = np.cumsum(np.cumsum(rng.normal(0, 0.2 * smooth, (n, 2)), axis=0), axis=0) + 200
@@ -25,8 +30,8 @@ def walk(rng: np.random.Generator, n: int, smooth: float, jitter: float) -> np.n
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 90), smooth=st.floats(0.1, 3),
-       jitter=st.floats(0, 1.5), tol=st.floats(0.2, 4))
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 90), smooth=floats(0.1, 3),
+       jitter=floats(0, 1.5), tol=floats(0.2, 4))
 def test_pixel_tolerance_matches_the_exact_minimum(seed, n, smooth, jitter, tol):
     boxes = walk(np.random.default_rng(seed), n, smooth, jitter)
     kept = shortest_keyframes(boxes, [0], [n - 1], max_error_px=tol)
@@ -37,7 +42,7 @@ def test_pixel_tolerance_matches_the_exact_minimum(seed, n, smooth, jitter, tol)
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 90), smooth=st.floats(0.1, 3),
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 90), smooth=floats(0.1, 3),
        tol=st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]))
 def test_whole_pixel_boxes_match_the_exact_minimum(seed, n, smooth, tol):
     """Trackers and detectors give whole pixels, where errors of exactly the tolerance are
@@ -48,8 +53,8 @@ def test_whole_pixel_boxes_match_the_exact_minimum(seed, n, smooth, tol):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 70), smooth=st.floats(0.1, 3),
-       jitter=st.floats(0, 1.5), iou=st.floats(0.5, 0.98))
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 70), smooth=floats(0.1, 3),
+       jitter=floats(0, 1.5), iou=floats(0.5, 0.98))
 def test_iou_tolerance_matches_the_exact_minimum(seed, n, smooth, jitter, iou):
     boxes = walk(np.random.default_rng(seed), n, smooth, jitter)
     kept = shortest_keyframes(boxes, [0], [n - 1], min_iou=iou)
