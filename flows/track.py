@@ -14,13 +14,15 @@ from flows.detect import with_runner as detect_with_runner
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import load_recipe
 from tasks.storage import open_location
-from tasks.track import (assemble_clip_uri, load_keyframes, plan_clip_uri, run_object_uri,
-                         track_key, write_tracks_uri)
+from tasks.track import (assemble_clip_uri, load_keyframes, plan_clip_uri, review_clip_uri,
+                         run_object_uri, track_key, write_tracks_uri)
 
 plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
 run_object = task(run_object_uri, name="track-object",
                   task_run_name="track {record[clip_name]} #{track_id}", **_io)
 assemble_clip = task(assemble_clip_uri, name="assemble-tracks", **_io)
+apply_review = task(review_clip_uri, name="apply-review",
+                    task_run_name="apply review {record[clip_name]}", **_io)
 write_tracks = task(write_tracks_uri, name="write-tracks", **_io)
 
 
@@ -53,18 +55,30 @@ def track_flow(uri: str, out: str, config: str | None = None,
     for record, _, tid, future in objects:
         if settle(future, f"track {record['output_uri']} #{tid}") is None:
             broken_clips.add(record["output_uri"])
-    summaries = []
+    summaries, applied = [], []
     for record, plan in zip(todo, plans):
         if plan is None or record["output_uri"] in broken_clips:
             continue
         summary = settle(assemble_clip.submit(record, out, recipe, key, plan["objects"]),
                          f"assemble {record['output_uri']}")
-        if summary is not None:
-            summaries.append(summary)
+        if summary is None:
+            continue
+        # A reviewer's corrections: the tracker again from their boxes (a no-op without a review).
+        what = f"apply review {record['output_uri']}"
+        try:
+            reviewed = apply_review.submit(record, out, recipe, key).result()
+        except Exception as e:  # reported; the clip is left out, the others go on
+            logger.error("%s failed: %s", what, e)
+            failed.append({"unit": what, "error": f"{type(e).__name__}: {e}"})
+            continue
+        if reviewed is not None and reviewed["status"] == "applied":
+            applied.append(reviewed)
+        summaries.append(summary)
     tracks_uri = write_tracks(out, recipe, summaries, records, key)
     return {**detected, "track": {
         "clips": len(summaries), "objects": sum(s["objects"] for s in summaries),
-        "rows": sum(s["rows"] for s in summaries), "failed": failed, "tracks_uri": tracks_uri}}
+        "rows": sum(s["rows"] for s in summaries), "failed": failed, "tracks_uri": tracks_uri,
+        "reviews_applied": applied}}
 
 
 def _check_tracker(recipe) -> None:

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Iterator
@@ -31,7 +32,8 @@ from tasks.detect_driver import detect_checked
 from tasks.errors import ConfigError, PipelineError
 from tasks.ingest import clip_id_for
 
-from tasks.probe import open_media
+from tasks.frames import FrameReader
+from tasks.probe import choose_video_stream, open_media
 from tasks.recipe import Recipe
 from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
 from tasks.geometry import fit_within
@@ -78,6 +80,43 @@ def webm_path(out: Location, record: dict[str, Any]) -> str:
     if not url.startswith(root_url):
         raise MediaReadError(f"{url} is not under {root_url}")
     return out.path(*url[len(root_url):].strip("/").split("/"))
+
+
+@contextmanager
+def open_webm_container(out: Location, path: str):
+    """A converted WebM (any store) opened with PyAV; missing or unreadable is a
+    `MediaReadError` naming it."""
+    size = size_of(out, path)
+    if size is None:
+        raise MediaReadError(f"{out.url(path)} is missing; convert the clip again")
+    with open_read(out, path) as file:
+        try:
+            container = open_media(file, size)
+        except PipelineError as e:
+            raise MediaReadError(f"{out.url(path)}: {e}") from e
+        with container:
+            yield container
+
+
+@contextmanager
+def open_webm(out: Location, record: dict[str, Any], timeline=None) -> Iterator[FrameReader]:
+    """An exact-frame reader (`tasks.frames.FrameReader`) on a converted clip's WebM. Without
+    a known ``timeline`` it is built by demuxing and must hold the frames the parity proof
+    counted (a WebM changed since conversion is refused)."""
+    path = webm_path(out, record)
+    with open_webm_container(out, path) as container:
+        try:
+            reader = FrameReader(container, choose_video_stream(container, "first"), timeline)
+        except PipelineError as e:
+            raise MediaReadError(f"{out.url(path)}: {e}") from e
+        try:
+            expected = record.get("output_frames")
+            if timeline is None and expected is not None and len(reader) != expected:
+                raise MediaReadError(f"{out.url(path)}: {len(reader)} frames, the parity proof "
+                                     f"counted {expected}; the WebM changed since conversion")
+            yield reader
+        finally:
+            reader.close()
 
 
 def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -237,48 +276,39 @@ def _batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch]:
 
 def _decode_batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch]:
     cfg = recipe.detect
-    size = size_of(out, path)
-    if size is None:
-        raise MediaReadError(f"{out.url(path)} is missing; convert the clip again")
-    with open_read(out, path) as reader:
+    with open_webm_container(out, path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = Fraction(stream.time_base)
+        pending: list[_Sampled] = []
+        decoded, last_pts = 0, None
+        scale, webm_size, model_size = (1.0, 1.0), None, None
         try:
-            container = open_media(reader, size)
-        except PipelineError as e:
-            raise MediaReadError(f"{out.url(path)}: {e}") from e
-        with container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            tb = Fraction(stream.time_base)
-            pending: list[_Sampled] = []
-            decoded, last_pts = 0, None
-            scale, webm_size, model_size = (1.0, 1.0), None, None
-            try:
-                for frame in container.decode(stream):
-                    if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
-                        raise MediaReadError(f"{out.url(path)}: frame {decoded} has pts "
-                                             f"{frame.pts} after {last_pts}; not in timestamp order")
-                    if webm_size is None:
-                        webm_size = (frame.width, frame.height)
-                        model_size = fit_within(webm_size, cfg.max_side)
-                        scale = (webm_size[0] / model_size[0], webm_size[1] / model_size[1])
-                    if decoded % cfg.every_nth == 0:
-                        if model_size == webm_size:
-                            image = frame.to_ndarray(format="rgb24")
-                        else:
-                            image = frame.to_ndarray(format="rgb24", width=model_size[0],
-                                                     height=model_size[1])
-                        pending.append(_Sampled(decoded, float(frame.pts * tb), image))
-                    decoded += 1
-                    last_pts = frame.pts
-                    if len(pending) == cfg.batch_size:
-                        yield _Batch(pending, decoded, scale, webm_size)
-                        pending = []
-            except PipelineError:
-                raise
-            except Exception as e:  # FFmpeg error reading a file the parity proof accepted
-                raise MediaReadError(f"{out.url(path)}: decoding failed at frame {decoded}: {e}") from e
-            yield _Batch(pending, decoded, scale, webm_size or (0, 0))
-
+            for frame in container.decode(stream):
+                if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                    raise MediaReadError(f"{out.url(path)}: frame {decoded} has pts "
+                                         f"{frame.pts} after {last_pts}; not in timestamp order")
+                if webm_size is None:
+                    webm_size = (frame.width, frame.height)
+                    model_size = fit_within(webm_size, cfg.max_side)
+                    scale = (webm_size[0] / model_size[0], webm_size[1] / model_size[1])
+                if decoded % cfg.every_nth == 0:
+                    if model_size == webm_size:
+                        image = frame.to_ndarray(format="rgb24")
+                    else:
+                        image = frame.to_ndarray(format="rgb24", width=model_size[0],
+                                                 height=model_size[1])
+                    pending.append(_Sampled(decoded, float(frame.pts * tb), image))
+                decoded += 1
+                last_pts = frame.pts
+                if len(pending) == cfg.batch_size:
+                    yield _Batch(pending, decoded, scale, webm_size)
+                    pending = []
+        except PipelineError:
+            raise
+        except Exception as e:  # FFmpeg error reading a file the parity proof accepted
+            raise MediaReadError(f"{out.url(path)}: decoding failed at frame {decoded}: {e}") from e
+        yield _Batch(pending, decoded, scale, webm_size or (0, 0))
 
 
 def write_detections(out: Location, summaries: list[dict[str, Any]],

@@ -146,6 +146,34 @@ class ExportConfig(_Section):
                               "recording, start_s, end_s, label) turned into per-frame labels")
 
 
+class PriorityWeights(_Section):
+    """A review task's priority: a weighted sum of its clip's (or track's) measures; higher
+    is reviewed first. Each weight multiplies one measure."""
+
+    low_confidence: float = Field(10.0, description="x (1 - mean score of the visible "
+                                  "machine boxes)")
+    lost_tracks: float = Field(1.0, description="x tracks that were lost (hidden) at least once")
+    hidden_s: float = Field(0.5, description="x the longest hidden range (seconds)")
+    tracks: float = Field(0.0, description="x tracks")
+    base: float = Field(0.0, description="added to every task")
+
+
+class ReviewConfig(_Section):
+    enqueue: bool = Field(True, description="export enqueues one review task per unit")
+    db: str | None = Field(None, description="queue URL: sqlite:///path or postgresql://...; "
+                           "null: sqlite:///OUT/review.db")
+    unit: Literal["clip", "track"] = Field("clip", description="one review task per clip, or "
+                                           "per track")
+    max_attempts: int = Field(3, ge=1, le=1000, description="failures (or expired leases) "
+                              "before a task is dead-lettered")
+    lease_seconds: float = Field(1800.0, gt=0, le=7 * 86400, description="lease length "
+                                 "reviewers get by default")
+    formats: list[Literal["json", "cvat", "labelstudio", "dataloop"]] = Field(  # type: ignore
+        default_factory=lambda: ["json", "cvat", "labelstudio", "dataloop"],
+        description="import-ready files a task's payload points to (those exported)")
+    priority: PriorityWeights = PriorityWeights()
+
+
 class Recipe(_Section):
     version: Literal[1] = 1
     storage: StorageConfig = StorageConfig()
@@ -159,6 +187,7 @@ class Recipe(_Section):
     track: TrackConfig = TrackConfig()
     compact: CompactConfig = CompactConfig()
     export: ExportConfig = ExportConfig()
+    review: ReviewConfig = ReviewConfig()
 
     def convert_key(self) -> str:
         """Hash of every setting that changes a converted WebM or its verdict."""

@@ -17,22 +17,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import posixpath
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.detect import MediaReadError, is_converted, webm_path
+from tasks.detect import MediaReadError, is_converted, open_webm, webm_path
 from tasks.errors import Blocked, ConfigError
-from tasks.frames import FrameReader
 from tasks.ingest import clip_id_for
 from tasks.items import ITEMS_FILE, read_items
-from tasks.probe import choose_video_stream, open_media
 from tasks.recipe import Recipe
-from tasks.storage import (Location, open_location, open_read, size_of, write_bytes_atomic)
+from tasks.storage import Location, open_location, write_bytes_atomic
 from tasks.tables import Columns, concat, read_table, schema, write_table
 
 SNAPSHOT_DIR = "Snapshots"
@@ -59,35 +56,6 @@ SNAPSHOT_SCHEMA = schema(SNAPSHOT_COLUMNS)
 class SnapshotError(ConfigError):
     """A snapshot request names an unknown or ambiguous clip, an unconverted clip or a frame
     the clip does not have; nothing is written."""
-
-
-@contextmanager
-def open_webm(out: Location, record: dict[str, Any]) -> Iterator[FrameReader]:
-    """An exact-frame reader on a converted clip's WebM (any store); its timeline is built
-    by demuxing and must hold the frames the parity proof counted."""
-    path = webm_path(out, record)
-    url = out.url(path)
-    size = size_of(out, path)
-    if size is None:
-        raise MediaReadError(f"{url} is missing; convert the clip again")
-    with open_read(out, path) as file:
-        try:
-            container = open_media(file, size)
-            try:
-                reader = FrameReader(container, choose_video_stream(container, "first"))
-            except BaseException:
-                container.close()
-                raise
-        except Blocked as e:
-            raise MediaReadError(f"{url}: {e}") from e
-        try:
-            expected = record.get("output_frames")
-            if expected is not None and len(reader) != expected:
-                raise MediaReadError(f"{url}: {len(reader)} frames, the parity proof counted "
-                                     f"{expected}; the WebM changed since conversion")
-            yield reader
-        finally:
-            reader.close()
 
 
 def clip_label(record: dict[str, Any]) -> str:
@@ -195,5 +163,5 @@ def snapshot_uri(out_uri: str, recipe: Recipe, clip: str, frame: int) -> dict[st
     return {**row, "snapshots_uri": out.url(out.path(SNAPSHOT_DIR, SNAPSHOTS_FILE))}
 
 
-__all__ = ["SNAPSHOT_COLUMNS", "SNAPSHOT_SCHEMA", "SnapshotError", "open_webm", "resolve_clip",
+__all__ = ["SNAPSHOT_COLUMNS", "SNAPSHOT_SCHEMA", "SnapshotError", "resolve_clip",
            "image_path", "snapshot", "snapshot_uri", "snapshots_uri"]

@@ -271,7 +271,7 @@ def frame_labels_uri(out_uri: str, recipe: Recipe, spans_uri: str,
     labels from ``labels_path`` or else the recipe's labels file. Returns a summary."""
     from tasks.detect import is_converted
     from tasks.items import ITEMS_FILE, read_items
-    from tasks.snapshot import open_webm
+    from tasks.detect import open_webm
     from tasks.storage import open_location
 
     labels_path = labels_path or recipe.labels.file

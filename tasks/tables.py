@@ -42,6 +42,17 @@ def schema(columns: Columns) -> pa.Schema:
 
 DETECTION_SCHEMA = schema(DETECTION_COLUMNS)
 TRACK_SCHEMA = schema(TRACK_COLUMNS)
+# The tracks table as `OUT/tracks.parquet` holds it: a reviewer's attributes per frame too.
+ATTRIBUTES_COLUMN = ("attributes", pa.string(), "JSON object of the attributes a reviewer gave "
+                     "(\"{}\" when none)")
+TRACKS_FILE_SCHEMA = schema(TRACK_COLUMNS + [ATTRIBUTES_COLUMN])
+
+
+def with_attributes(table: pa.Table) -> pa.Table:
+    """``table`` with an ``attributes`` column ("{}" where it had none)."""
+    if "attributes" in table.column_names:
+        return table
+    return table.append_column("attributes", pa.repeat(pa.scalar("{}"), table.num_rows))
 
 
 def to_bytes(table: pa.Table) -> bytes:

@@ -44,15 +44,15 @@ import pyarrow.compute as pc
 from models import registry
 from tasks.associate import associate
 from tasks.detect import STATE_DIR as DETECT_DIR
-from tasks.detect import MediaReadError, webm_path
+from tasks.detect import open_webm
 from tasks.errors import ConfigError, PipelineError
 from tasks.frames import FrameReader, Timeline
 from tasks.ingest import clip_id_for
-from tasks.probe import choose_video_stream, open_media
 from tasks.recipe import Recipe
-from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
+from tasks.storage import Location, read_bytes, size_of, write_bytes_atomic
 from tasks.geometry import fit_within
-from tasks.tables import TRACK_SCHEMA, concat, read_table, with_global_frame, write_table
+from tasks.tables import (TRACK_SCHEMA, TRACKS_FILE_SCHEMA, concat, read_table, with_attributes,
+                          with_global_frame, write_table)
 
 log = logging.getLogger(__name__)
 STATE_DIR = "_state/track"
@@ -211,7 +211,7 @@ def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe, offset
 
 
 def webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:
-    with _open_webm(out, record) as reader:
+    with open_webm(out, record) as reader:
         return reader.timeline
 
 
@@ -221,32 +221,6 @@ def _load_timeline(out: Location, base: str) -> Timeline:
         raise PipelineError(f"{base}: timeline missing; plan the clip first")
     time_base = Fraction(table.schema.metadata[b"time_base"].decode())
     return Timeline(table["pts"].to_numpy(), time_base)
-
-
-class _open_webm:
-    """A `FrameReader` on the clip's WebM (any store), with a known timeline or a new one."""
-
-    def __init__(self, out: Location, record: dict[str, Any], timeline: Timeline | None = None):
-        self.out, self.record, self.timeline = out, record, timeline
-
-    def __enter__(self) -> FrameReader:
-        path = webm_path(self.out, self.record)
-        size = size_of(self.out, path)
-        if size is None:
-            raise MediaReadError(f"{self.out.url(path)} is missing; convert the clip again")
-        self.file = open_read(self.out, path)
-        try:
-            container = open_media(self.file, size)
-            stream = choose_video_stream(container, "first")
-            self.reader = FrameReader(container, stream, self.timeline)
-        except BaseException:
-            self.file.close()
-            raise
-        return self.reader
-
-    def __exit__(self, *exc) -> None:
-        self.reader.close()
-        self.file.close()
 
 
 # --- 2. one object, chunk by chunk -------------------------------------------------------
@@ -304,7 +278,7 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     tracker = registry.create("tracker", cfg.tracker, **cfg.options)
     takes_reference = "reference" in inspect.signature(tracker.init).parameters
     anchor_frames = np.asarray(sorted(anchor_at), np.int64)
-    with _open_webm(out, record, timeline) as reader:
+    with open_webm(out, record, timeline) as reader:
         scaler = _Scaler(record, cfg.max_side)
         state, live = None, False  # the tracker, kept across chunks within this run
         for c in range(done, len(chunk_starts)):
@@ -554,17 +528,127 @@ def _with_clip_columns(rows: pa.Table, plan: pa.Table, timeline: Timeline,
 
 def write_tracks(out: Location, summaries: list[dict[str, Any]], records: list[dict[str, Any]],
                  key: str) -> str:
-    """``OUT/tracks.parquet``: every listed clip's tracks, in recording order."""
+    """``OUT/tracks.parquet``: every listed clip's tracks (reviewed where a review was applied),
+    in recording order."""
     by_clip = {(r["recording"], r["clip_index"]): r for r in records}
     tables = []
     for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"])):
         record = by_clip[(s["recording"], s["clip_index"])]
-        table = read_table(out, f"{clip_dir(out, record, key)}/tracks.parquet")
+        table = clip_tracks(out, record, key)
         if table is not None:
-            tables.append(with_global_frame(table, record.get("global_first_frame") or 0))
+            tables.append(with_global_frame(with_attributes(table),
+                                            record.get("global_first_frame") or 0))
     path = out.path(TRACKS_FILE)
-    write_table(out, path, concat(tables, TRACK_SCHEMA))
+    write_table(out, path, concat(tables, TRACKS_FILE_SCHEMA))
     return path
+
+
+# --- 4. a reviewer's corrections ----------------------------------------------------------
+
+
+def _reviewed_path(out: Location, record: dict[str, Any], key: str, digest: str) -> str:
+    return f"{clip_dir(out, record, key)}/reviewed-{digest}.parquet"
+
+
+def clip_tracks(out: Location, record: dict[str, Any], key: str) -> pa.Table | None:
+    """The clip's tracks: with its review applied when it has one (`review_clip`)."""
+    from tasks.review.corrections import load_review
+
+    review = load_review(out, record)
+    if review is not None:
+        reviewed = read_table(out, _reviewed_path(out, record, key, review[2]))
+        if reviewed is None:
+            raise PipelineError(f"{record['output_uri']} has a review that is not applied yet; "
+                                "run the track stage")
+        return reviewed
+    return read_table(out, f"{clip_dir(out, record, key)}/tracks.parquet")
+
+
+def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str) -> dict[str, Any] | None:
+    """Apply the clip's review, if it has one, to its machine tracks: the tracker runs again
+    from each human keyframe up to the object's next anchor (`tasks.review.corrections`).
+    The result is kept per review digest, so a rerun redoes nothing and a new review of the
+    clip redoes only this clip."""
+    from tasks.review.corrections import correct_tracks, load_review
+
+    review = load_review(out, record)
+    if review is None:
+        return None
+    keyframes, scope, digest = review
+    summary = {"recording": record["recording"], "clip_index": record["clip_index"], "review": digest}
+    path = _reviewed_path(out, record, key, digest)
+    if size_of(out, path) is not None:
+        return {**summary, "status": "skipped"}
+    base = clip_dir(out, record, key)
+    machine = read_table(out, f"{base}/tracks.parquet")
+    plan = read_table(out, f"{base}/plan.parquet")
+    if machine is None or plan is None:
+        raise PipelineError(f"{record['output_uri']}: no machine tracks to apply the review to")
+    timeline = _load_timeline(out, base)
+    tb = timeline.time_base
+    times = (timeline.pts.astype(np.float64) * tb.numerator) / tb.denominator
+    anchors = {}
+    plan_ids, plan_frames = plan["track_id"].to_numpy(), plan["frame"].to_numpy()
+    plan_boxes = np.column_stack([plan[c].to_numpy() for c in ("x1", "y1", "x2", "y2")])
+    for tid in np.unique(plan_ids).tolist():
+        mask = plan_ids == tid
+        anchors[int(tid)] = (plan_frames[mask], plan_boxes[mask])
+    started = time.perf_counter()
+    with _Retracker(out, record, recipe, timeline) as retrack:
+        table, counts = correct_tracks(machine, anchors, keyframes, scope, len(timeline), times,
+                                       int(record.get("global_first_frame") or 0), retrack)
+        counts["chunks_retracked"] = retrack.chunks
+    write_table(out, path, table)
+    return {**summary, "status": "applied", **counts,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+class _Retracker:
+    """The recipe's tracker, run again over one object's frames from a person's box: the
+    tracker restarts on the box and advances in chunks of ``frames_per_execution`` up to the
+    next anchor; a lost object is hidden until then. Without a tracker the frames are
+    interpolated towards the next anchor (held, hidden, past ``max_gap``)."""
+
+    def __init__(self, out: Location, record: dict[str, Any], recipe: Recipe, timeline: Timeline):
+        self.cfg = recipe.track
+        self.record = record
+        self.opener = open_webm(out, record, timeline)
+        self.chunks = 0
+
+    def __enter__(self) -> "_Retracker":
+        self.reader = self.opener.__enter__() if self.cfg.tracker is not None else None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.reader is not None:
+            self.opener.__exit__(*exc)
+
+    def __call__(self, track_id: int, frame: int, box: list[float], stop: int,
+                 next_box: list[float] | None) -> dict[str, list]:
+        cfg = self.cfg
+        anchor_at = {frame: (np.asarray(box, np.float64), 1.0, "human")}
+        if cfg.tracker is None:
+            if next_box is None:  # after the last anchor: held to the track's end
+                n = stop - frame
+                return {"frame": list(range(frame, stop)), "box": [box] * n,
+                        "score": [1.0] + [0.0] * (n - 1), "hidden": [False] * n}
+            anchor_at[stop] = (np.asarray(next_box, np.float64), 1.0, "human")
+            rows = _interpolated_rows(np.asarray([frame, stop]), np.asarray([box, next_box]),
+                                      anchor_at, cfg.max_gap)
+            keep = [i for i, f in enumerate(rows["frame"]) if f < stop]
+            return {k: [v[i] for i in keep] for k, v in rows.items()}
+        tracker = registry.create("tracker", cfg.tracker, **cfg.options)
+        scaler = _Scaler(self.record, cfg.max_side)
+        rows = _Rows()
+        state, end = None, _End("active", None, None)
+        for c0 in range(frame, stop, cfg.frames_per_execution):
+            count = min(cfg.frames_per_execution, stop - c0)
+            for index, _, image in self.reader.read(c0, count):
+                # Never "ended": up to the next anchor a lost object is hidden, not gone.
+                state, end = _step(tracker, state, scaler.image(image), index, anchor_at, stop, end,
+                                   rows, scaler, cfg.lost_score)
+            self.chunks += 1
+        return rows.to_json()
 
 
 # --- URI entry points (what a Prefect task calls) ----------------------------------------
@@ -588,6 +672,10 @@ def run_object_uri(record, out_uri: str, recipe: Recipe, key: str, track_id: int
 
 def assemble_clip_uri(record, out_uri: str, recipe: Recipe, key: str, objects: list[int]):
     return assemble_clip(record, _out(out_uri, recipe), key, objects)
+
+
+def review_clip_uri(record, out_uri: str, recipe: Recipe, key: str):
+    return review_clip(record, _out(out_uri, recipe), recipe, key)
 
 
 def write_tracks_uri(out_uri: str, recipe: Recipe, summaries, records, key: str) -> str:

@@ -1,0 +1,272 @@
+"""The pipeline's side of the review queue: review tasks made after export, with a priority
+the recipe computes and the URIs reviewers need (`review_tasks`, `enqueue_reviews`), and a
+reviewer's result validated, stored, and turned into the clip's review (`submit_result`,
+`rebuild_reviews`).
+
+Order matters for "nothing written on bad input, nothing lost on a crash": a result is fully
+validated before anything is written; then the queue stores it with the completion, in one
+transaction (the queue is the record of results); the clip's review file in ``OUT/reviews/``
+is derived from the stored results, so `rebuild_reviews` can always make it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.errors import ConfigError
+from tasks.exports.base import FormatError
+from tasks.recipe import Recipe
+from tasks.review.corrections import (Review, diff_review, human_frames, read_reviewed,
+                                     replay_review, save_review)
+from tasks.storage import Location, open_location
+
+QUEUE_FILE = "review.db"
+
+
+def queue_url(recipe: Recipe, out_uri: str, url: str | None = None) -> str:
+    """The queue: ``url``, else the recipe's ``review.db``, else ``sqlite:///OUT/review.db``
+    (OUT must then be a local folder: SQLite cannot live in an object store)."""
+    chosen = url or recipe.review.db
+    if chosen:
+        return chosen
+    out = open_location(out_uri, recipe.storage)
+    if not out.is_local:
+        raise ConfigError(f"OUT {out_uri} is not a local folder, so the review queue cannot be "
+                          "an SQLite file in it: set review.db (e.g. postgresql://...) or --db")
+    import os
+
+    return f"sqlite:///{os.path.abspath(os.path.join(out.root, QUEUE_FILE))}"
+
+
+def open_queue(recipe: Recipe, out_uri: str, url: str | None = None):
+    import os
+
+    from tasks.review import ReviewQueue
+
+    chosen = queue_url(recipe, out_uri, url)
+    if chosen.startswith("sqlite:///") and not (url or recipe.review.db):
+        os.makedirs(os.path.dirname(chosen[len("sqlite:///"):]), exist_ok=True)
+    return ReviewQueue(chosen, max_attempts=recipe.review.max_attempts)
+
+
+# --- making tasks -------------------------------------------------------------------------------
+
+
+def task_key(record: dict[str, Any], track_id: int | None = None) -> str:
+    """One task per clip (or track) ever: the key a rerun finds again."""
+    base = f"clip:{record['recording']}:{int(record['clip_index'])}"
+    return base if track_id is None else f"{base}:track:{int(track_id)}"
+
+
+def measures(tracks: pa.Table) -> dict[str, float]:
+    """What the priority is computed from, for the dense rows of one clip or track: mean score
+    of the visible machine boxes, tracks lost at least once, longest hidden range (s), tracks."""
+    if tracks.num_rows == 0:
+        return {"mean_score": 1.0, "lost_tracks": 0, "hidden_s": 0.0, "tracks": 0}
+    tracks = tracks.sort_by([("track_id", "ascending"), ("frame", "ascending")])
+    hidden = tracks["hidden"].to_numpy(zero_copy_only=False)
+    machine = pc.is_in(tracks["source"], pa.array(["tracker", "detector"])).to_numpy(
+        zero_copy_only=False) & ~hidden
+    scores = tracks["score"].to_numpy(zero_copy_only=False)
+    mean = float(scores[machine].mean()) if machine.any() else 1.0
+    ids = tracks["track_id"].to_numpy()
+    times = pc.fill_null(tracks["time_s"], np.nan).to_numpy(zero_copy_only=False)
+    longest, lost = 0.0, set()
+    # Hidden runs: from the first hidden frame to the next visible one of the same track.
+    run_start = None
+    for i in range(len(hidden)):
+        new_track = i == 0 or ids[i] != ids[i - 1]
+        if new_track and run_start is not None:
+            longest = max(longest, times[i - 1] - times[run_start])
+            run_start = None
+        if hidden[i]:
+            lost.add(int(ids[i]))
+            if run_start is None:
+                run_start = i
+        elif run_start is not None:
+            longest = max(longest, times[i] - times[run_start])
+            run_start = None
+    if run_start is not None:
+        longest = max(longest, times[len(hidden) - 1] - times[run_start])
+    return {"mean_score": round(mean, 4), "lost_tracks": len(lost),
+            "hidden_s": round(float(np.nan_to_num(longest)), 3), "tracks": len(set(ids.tolist()))}
+
+
+def priority(recipe: Recipe, measured: dict[str, float]) -> float:
+    w = recipe.review.priority
+    return round(w.base + w.low_confidence * (1 - measured["mean_score"]) +
+                 w.lost_tracks * measured["lost_tracks"] + w.hidden_s * measured["hidden_s"] +
+                 w.tracks * measured["tracks"], 6)
+
+
+def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
+                 files: dict[tuple[str, int], dict[str, list[str]]], dataset: str,
+                 config: str | None) -> list[tuple[str, float, dict[str, Any]]]:
+    """(key, priority, payload) per clip (or per track) of the exported clips. The payload
+    names the WebM, the import-ready annotation files and what a result must be applied with
+    (OUT, dataset, recipe)."""
+    from tasks.tables import read_table
+    from tasks.track import TRACKS_FILE
+
+    tracks = read_table(out, out.path(TRACKS_FILE))
+    made = []
+    for record in records:
+        where = (record["recording"], int(record["clip_index"]))
+        if where not in files:
+            continue
+        rows = tracks.filter(pc.and_(pc.equal(tracks["recording"], where[0]),
+                                     pc.equal(tracks["clip_index"], where[1]))) \
+            if tracks is not None else pa.table({})
+        base = {"recording": where[0], "clip_index": where[1], "clip_name": record["clip_name"],
+                "video": record["output_uri"], "source": record["source_uri"],
+                "annotations": {f: files[where][f][0] for f in recipe.review.formats
+                                if files[where].get(f)},
+                "out": out.url(out.root), "dataset": dataset, "config": config}
+        if recipe.review.unit == "clip" or rows.num_rows == 0:
+            measured = measures(rows) if rows.num_rows else measures(pa.table({}))
+            made.append((task_key(record), priority(recipe, measured),
+                         {**base, "track_ids": None, "measures": measured}))
+            continue
+        for tid in sorted(set(rows["track_id"].to_pylist())):
+            mine = rows.filter(pc.equal(rows["track_id"], tid))
+            measured = measures(mine)
+            made.append((task_key(record, tid), priority(recipe, measured),
+                         {**base, "track_ids": [tid], "measures": measured}))
+    return made
+
+
+def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
+                    clips: list[dict[str, Any]], dataset: str, config: str | None,
+                    url: str | None = None) -> dict[str, Any]:
+    """Enqueue the review tasks of the exported ``clips`` (export summaries). A rerun adds
+    nothing: tasks are keyed by clip (or track)."""
+    out = open_location(out_uri, recipe.storage)
+    files = {(c["recording"], int(c["clip_index"])): c["files"] for c in clips}
+    made = review_tasks(out, recipe, records, files, dataset, config)
+    queue = open_queue(recipe, out_uri, url)
+    try:
+        before = queue.stats()["total"]
+        queue.enqueue_many(made)
+        after = queue.stats()["total"]
+    finally:
+        queue.close()
+    return {"queue": queue_url(recipe, out_uri, url), "tasks": len(made), "new": after - before,
+            "unit": recipe.review.unit}
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def _record_of(out: Location, recording: str, clip_index: int) -> dict[str, Any]:
+    from tasks.items import read_items
+
+    items = read_items(out)
+    if items is not None:
+        for record in items.to_pylist():
+            if record["recording"] == recording and int(record["clip_index"]) == clip_index:
+                return record
+    raise ConfigError(f"{out.url(out.root)} has no clip {clip_index} of recording {recording!r}")
+
+
+def _labels(out: Location, recipe: Recipe, baseline: pa.Table) -> set[str] | None:
+    """Labels a result may use: the label tree's when the recipe has one, else any."""
+    if not recipe.labels.file:
+        return None
+    from tasks.labels import load_label_tree
+
+    return set(load_label_tree(recipe.labels.file).paths) | set(baseline["label"].to_pylist())
+
+
+def current_keyframes(out: Location, record: dict[str, Any]) -> pa.Table:
+    from tasks.compact import KEYFRAMES_FILE
+    from tasks.export import clip_keyframes
+    from tasks.keyframes import KEYFRAME_SCHEMA
+    from tasks.tables import read_table
+
+    keyframes = read_table(out, out.path(KEYFRAMES_FILE))
+    if keyframes is None:
+        raise ConfigError(f"no keyframes in {out.url(out.root)}: export the clip before review")
+    return clip_keyframes(keyframes.cast(KEYFRAME_SCHEMA), record)
+
+
+def validate_result(payload: dict[str, Any], data: bytes, fmt: str, recipe: Recipe) -> Review:
+    """The result read, checked against its clip and compared with what the reviewer was
+    given; `FormatError` naming what is wrong (nothing is written)."""
+    from tasks.export import clip_info
+
+    out = open_location(payload["out"], recipe.storage)
+    record = _record_of(out, payload["recording"], int(payload["clip_index"]))
+    clip = clip_info(out, record)
+    baseline = current_keyframes(out, record)
+    reviewed = read_reviewed(data, fmt, clip, _labels(out, recipe, baseline))
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"the result is not UTF-8 text: {e}") from e
+    return diff_review(baseline, reviewed, clip.frames, payload.get("track_ids"))
+
+
+def submit_result(queue, task_id: int, worker: str, data: bytes, fmt: str,
+                  recipe: Recipe) -> dict[str, Any]:
+    """Validate a reviewer's result, complete the task with it (the queue refuses a worker
+    whose lease is gone), record what changed, and write the clip's review file."""
+    from tasks.review.queue import LeaseLost
+
+    task = queue.get(task_id)
+    if task.state != "leased" or task.worker != worker:
+        raise LeaseLost(f"task {task_id} is {task.state}"
+                        f"{' by ' + task.worker if task.worker and task.state == 'leased' else ''}; "
+                        f"worker {worker!r} holds no lease on it")
+    review = validate_result(task.payload, data, fmt, recipe)
+    result = {"format": fmt, "sha256": hashlib.sha256(data).hexdigest(),
+              "data": data.decode("utf-8"), "scope": list(review.scope),
+              "human": human_frames(review), "changes": review.changes}
+    queue.complete(task_id, worker, result)
+    queue.record(task_id, "changes", review.changes)
+    out = open_location(task.payload["out"], recipe.storage)
+    record = _record_of(out, task.payload["recording"], int(task.payload["clip_index"]))
+    save_review(out, record, review, task_id)
+    return {"task": task_id, "clip": task.payload["clip_name"], "recording": task.payload["recording"],
+            "changes": review.changes}
+
+
+def rebuild_reviews(queue, recipe: Recipe, out_uri: str | None = None) -> dict[str, Any]:
+    """Write every clip's review file again from the results the queue holds (after a crash
+    between completion and the file, or when ``OUT/reviews`` was lost). Results are applied in
+    completion order, as they were."""
+    started = time.perf_counter()
+    done = [t for t in _all(queue, "done")]
+    done.sort(key=lambda t: t.id)
+    applied = 0
+    for task in done:
+        if out_uri and task.payload["out"].rstrip("/") != out_uri.rstrip("/"):
+            continue
+        result = queue.result(task.id)
+        if not result or "data" not in result:
+            continue
+        out = open_location(task.payload["out"], recipe.storage)
+        record = _record_of(out, task.payload["recording"], int(task.payload["clip_index"]))
+        from tasks.export import clip_info
+
+        reviewed = read_reviewed(result["data"].encode("utf-8"), result["format"],
+                                 clip_info(out, record))
+        review = replay_review(reviewed, result["human"], result["scope"], result["changes"])
+        save_review(out, record, review, task.id)
+        applied += 1
+    return {"results": applied, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _all(queue, state: str):
+    offset = 0
+    while True:
+        page = queue.list(state=state, limit=500, offset=offset)
+        yield from page
+        if len(page) < 500:
+            return
+        offset += 500
