@@ -219,3 +219,18 @@ def test_unknown_label_is_refused():
     with pytest.raises(FormatError, match="unknown label 'person'"):
         read_reviewed(data, "json", _clip(), labels={"car"})
     assert read_reviewed(data, "json", _clip(), labels={"person"}).num_rows == _baseline().num_rows
+
+
+@pytest.mark.parametrize("fmt", ["json", "cvat", "labelstudio", "dataloop"])
+def test_every_review_format_gives_the_same_review(fmt):
+    """A reviewer's file in each format we export: the same move and deletion are found."""
+    from tasks.export import format_module
+
+    baseline = _baseline()
+    edited = _with(baseline, [{"track_id": 1, "frame": 20, "x1": 100.0, "y1": 20.0, "x2": 130.0, "y2": 60.0}])
+    edited = edited.filter(pc.not_equal(edited["track_id"], 2))
+    data = format_module(fmt).write(edited, _clip())
+    review = diff_review(baseline, read_reviewed(data, fmt, _clip()), FRAMES)
+    assert human_frames(review) == {"1": [20]}, fmt
+    assert review.changes["tracks_deleted"] == [2] and review.changes["tracks_added"] == []
+    assert review.changes["keyframes"]["moved"] == 0 and review.changes["tracks"]["1"]["added"] == [20]
