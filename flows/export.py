@@ -46,9 +46,14 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
     files = finish(out, recipe, formats, clips)
     # One review task per clip (or track), keyed so that a rerun adds none twice.
-    review = enqueue_review(out, recipe, records, clips, uri,
-                            os.path.abspath(config) if config else None) \
-        if recipe.review.enqueue else None
+    review = None
+    if recipe.review.enqueue:
+        try:
+            review = enqueue_review(out, recipe, records, clips, uri,
+                                    os.path.abspath(config) if config else None)
+        except Exception as e:  # the exports are written; the queue is reported, not fatal
+            logger.error("enqueueing review tasks failed: %s", e)
+            failed.append({"clip": "review queue", "error": f"{type(e).__name__}: {e}"})
     return {**upstream, "spans": span_summary, "review": review, "export": {
         "formats": formats, "clips": len(clips), "failed": failed,
         "files": sum(len(v) for c in clips for v in c["files"].values()) +
@@ -61,10 +66,14 @@ def run_export(uri: str, out: str, config: str | None, formats: str | None,
     chosen = parse_formats(formats) if formats else None
     if not is_table(uri):
         check_before_start(recipe, out, None)
-    if recipe.review.enqueue:
-        from tasks.review.handoff import queue_url
+    if recipe.review.db:
+        from tasks.errors import ConfigError
+        from tasks.review.queue import QueueError, parse_url
 
-        queue_url(recipe, out)  # a queue that cannot be (SQLite in a bucket) fails first
+        try:
+            parse_url(recipe.review.db)  # a malformed queue URL fails before any work
+        except QueueError as e:
+            raise ConfigError(f"review.db: {e}") from e
     if spans:
         from tasks.labels import load_label_tree
         from tasks.spans import load_spans

@@ -96,10 +96,10 @@ def guess_format(data: bytes) -> str:
     if isinstance(doc, list):
         return "dataloop" if doc and isinstance(doc[0], dict) and "metadata" in doc[0] \
             and "system" in (doc[0].get("metadata") or {}) else "labelstudio"
+    if isinstance(doc, dict) and "data" in doc:
+        return "labelstudio"
     if isinstance(doc, dict) and "annotations" in doc and "schema" not in doc:
         return "dataloop"
-    if isinstance(doc, dict) and "data" in doc and "annotations" in doc:
-        return "labelstudio"
     return "json"
 
 
@@ -128,9 +128,19 @@ def apply_reviews(dataset: str, out: str, config: str | None) -> dict[str, Any]:
     """Rerun the pipeline for ``out``: every stage skips what is done; the track stage
     applies new reviews (the tracker again from the reviewers' boxes), compaction and the
     exports follow."""
+    from flows.compact import is_table
     from flows.export import run_export
+    from tasks.errors import ConfigError
+    from tasks.recipe import load_recipe
+    from tasks.review.corrections import review_lock
+    from tasks.storage import open_location
 
-    summary = run_export(dataset, out, config, None, None)
+    if is_table(dataset):
+        raise ConfigError(f"the task's outputs were exported from a tracks table ({dataset}); "
+                          "reviews are applied by the track stage: export from a dataset URI")
+    # One run applying reviews per OUT at a time (two completions at once queue up here).
+    with review_lock(open_location(out, load_recipe(config).storage)):
+        summary = run_export(dataset, out, config, None, None)
     return {"reviews_applied": summary["track"]["reviews_applied"],
             "keyframes": summary["compact"]["keyframes"],
             "exported_clips": summary["export"]["clips"],
@@ -172,6 +182,8 @@ def run(args) -> tuple[int, Any]:
             done["format"] = fmt
             if not args.no_apply:
                 done["applied"] = apply_reviews(task.payload["dataset"], task.payload["out"], config)
+                if done["applied"]["failed"]:
+                    return 1, done
             return 0, done
         if action == "apply":
             rebuilt = rebuild_reviews(queue, recipe, None)
@@ -180,7 +192,8 @@ def run(args) -> tuple[int, Any]:
                 outs.setdefault(task.payload["out"], (task.payload["dataset"],
                                                       args.config or task.payload.get("config")))
             applied = {out: apply_reviews(dataset, out, config) for out, (dataset, config) in outs.items()}
-            return 0, {"rebuilt": rebuilt, "applied": applied}
+            failed = any(a["failed"] for a in applied.values())
+            return (1 if failed else 0), {"rebuilt": rebuilt, "applied": applied}
     raise AssertionError(action)
 
 

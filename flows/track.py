@@ -67,10 +67,10 @@ def track_flow(uri: str, out: str, config: str | None = None,
         what = f"apply review {record['output_uri']}"
         try:
             reviewed = apply_review.submit(record, out, recipe, key).result()
-        except Exception as e:  # reported; the clip is left out, the others go on
+        except Exception as e:  # reported; the clip keeps its machine tracks, the others go on
             logger.error("%s failed: %s", what, e)
             failed.append({"unit": what, "error": f"{type(e).__name__}: {e}"})
-            continue
+            reviewed = None
         if reviewed is not None and reviewed["status"] == "applied":
             applied.append(reviewed)
         summaries.append(summary)

@@ -556,11 +556,12 @@ def clip_tracks(out: Location, record: dict[str, Any], key: str) -> pa.Table | N
 
     review = load_review(out, record)
     if review is not None:
-        reviewed = read_table(out, _reviewed_path(out, record, key, review[2]))
-        if reviewed is None:
-            raise PipelineError(f"{record['output_uri']} has a review that is not applied yet; "
-                                "run the track stage")
-        return reviewed
+        reviewed = read_table(out, _reviewed_path(out, record, key, review.digest))
+        if reviewed is not None:
+            return reviewed
+        # Not applied (it failed, and the run reports it): the machine's tracks, not nothing.
+        log.warning("%s: its review is not applied; writing the machine's tracks",
+                    record["output_uri"])
     return read_table(out, f"{clip_dir(out, record, key)}/tracks.parquet")
 
 
@@ -574,11 +575,15 @@ def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str)
     review = load_review(out, record)
     if review is None:
         return None
-    keyframes, scope, digest = review
-    summary = {"recording": record["recording"], "clip_index": record["clip_index"], "review": digest}
-    path = _reviewed_path(out, record, key, digest)
+    summary = {"recording": record["recording"], "clip_index": record["clip_index"],
+               "review": review.digest}
+    path = _reviewed_path(out, record, key, review.digest)
     if size_of(out, path) is not None:
         return {**summary, "status": "skipped"}
+    if review.track_key and not key.startswith(review.track_key):
+        raise PipelineError(f"{record['output_uri']}: its review refers to the track ids of "
+                            f"other tracking settings ({review.track_key}, now {key}); track "
+                            "with those settings, or review the clip again")
     base = clip_dir(out, record, key)
     machine = read_table(out, f"{base}/tracks.parquet")
     plan = read_table(out, f"{base}/plan.parquet")
@@ -595,7 +600,8 @@ def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str)
         anchors[int(tid)] = (plan_frames[mask], plan_boxes[mask])
     started = time.perf_counter()
     with _Retracker(out, record, recipe, timeline) as retrack:
-        table, counts = correct_tracks(machine, anchors, keyframes, scope, len(timeline), times,
+        table, counts = correct_tracks(machine, anchors, review.keyframes, review.scope,
+                                       len(timeline), times,
                                        int(record.get("global_first_frame") or 0), retrack)
         counts["chunks_retracked"] = retrack.chunks
     write_table(out, path, table)

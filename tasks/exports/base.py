@@ -27,6 +27,9 @@ class ClipInfo:
     frames: int
     fps: Fraction  # average rate, for tools that want one; times come from `times_s`
     times_s: np.ndarray = field(default=None, repr=False)  # decoded timestamp of every frame
+    # Readers number tracks a tool added (no id of ours) from here on, so that a new track
+    # never takes the id of one the reviewer deleted (None: after the file's largest id).
+    new_track_ids_from: int | None = None
 
     def time_of(self, frame: int) -> float:
         """Decoded timestamp of ``frame`` (s); frame / fps only when the timeline is unknown."""

@@ -196,7 +196,7 @@ def keyframe_table(found: list[tuple[int | None, Run]], clip: ClipInfo) -> pa.Ta
     for track_id, run in found:
         if track_id is not None:
             objects.setdefault(track_id, []).append(run)
-    new = max(objects, default=0) + 1
+    new = max(max(objects, default=0) + 1, clip.new_track_ids_from or 0)
     for run in (run for track_id, run in found if track_id is None):
         objects[new], new = [run], new + 1
     cols: dict[str, list] = {name: [] for name in ROW_COLUMNS}

@@ -21,7 +21,9 @@ What a review means, frame by frame:
 - A track of the review's scope missing from the result was deleted (a false positive); a
   track the result adds is new, tracked from its human keyframes.
 - Elsewhere the machine's boxes stay: keyframes a reviewer merely kept are the machine's own
-  boxes within the export tolerance, so compaction gives them back.
+  boxes within the export tolerance, so compaction gives them back. Inside a rerun (a human
+  keyframe to the next anchor) the rerun's boxes replace the machine's, kept keyframes
+  included: they came from the tracking the reviewer corrected.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Collection
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +50,8 @@ REVIEWABLE_FORMATS = ("json", "cvat", "labelstudio", "dataloop")
 # A kept keyframe moves by rounding only (CVAT writes 2 decimals, Label Studio percentages);
 # more than this is a person's move.
 MOVED_PX = 0.5
-_SPAN = np.int64(1) << 40
+_SPAN = np.int64(1) << 40  # (track, frame) keys: track_id * _SPAN + frame
+_MAX_TRACK_ID = 1 << 22
 
 
 # --- reading a result ------------------------------------------------------------------------
@@ -69,6 +73,9 @@ def read_reviewed(data: bytes, fmt: str, clip: ClipInfo,
         raise
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise FormatError(f"not a readable {fmt} file: {type(e).__name__}: {e}") from e
+    if table.num_rows and pc.max(table["track_id"]).as_py() >= _MAX_TRACK_ID:
+        raise FormatError(f"track id {pc.max(table['track_id']).as_py()} is too large "
+                          f"(at most {_MAX_TRACK_ID - 1})")
     if labels is not None and table.num_rows:
         allowed = set(labels)
         found = table["label"].to_pylist()
@@ -118,6 +125,10 @@ def diff_review(baseline: pa.Table, reviewed: pa.Table, clip_frames: int,
     clip, new tracks included); tracks of the result outside it are ignored."""
     baseline = sort_tracks(baseline.cast(KEYFRAME_SCHEMA))
     reviewed = sort_tracks(reviewed.cast(KEYFRAME_SCHEMA))
+    if reviewed.num_rows == 0 and baseline.num_rows:
+        raise FormatError("the result has no tracks at all where the clip has "
+                          f"{len(set(baseline['track_id'].to_pylist()))}: refused (a skipped task, "
+                          "or another clip's file?); to delete tracks, leave the others in")
     machine_ids = sorted(set(baseline["track_id"].to_pylist()))
     result_ids = sorted(set(reviewed["track_id"].to_pylist()))
     ignored: list[int] = []
@@ -260,8 +271,17 @@ def review_path(out: Location, record: dict[str, Any]) -> str:
     return out.path(REVIEW_DIR, f"{clip_id_for(record['source_uri'])}.parquet")
 
 
-def load_review(out: Location, record: dict[str, Any]) -> tuple[pa.Table, tuple[int, ...], str] | None:
-    """The clip's review (keyframes, scope, digest), or None when nobody reviewed it."""
+@dataclass(frozen=True)
+class StoredReview:
+    keyframes: pa.Table
+    scope: tuple[int, ...]
+    digest: str  # of the file: what the applied result is kept by
+    tasks: tuple[int, ...]  # the queue tasks whose results it holds
+    track_key: str | None  # the tracking settings whose track ids it refers to
+
+
+def load_review(out: Location, record: dict[str, Any]) -> StoredReview | None:
+    """The clip's review, or None when nobody reviewed it."""
     from tasks.storage import read_bytes
 
     data = read_bytes(out, review_path(out, record))
@@ -270,28 +290,59 @@ def load_review(out: Location, record: dict[str, Any]) -> tuple[pa.Table, tuple[
     import pyarrow.parquet as pq
 
     table = pq.read_table(pa.BufferReader(data))
-    scope = tuple(json.loads(table.schema.metadata[b"scope"]))
-    return table.replace_schema_metadata(None), scope, hashlib.sha256(data).hexdigest()[:16]
+    meta = table.schema.metadata
+    key = meta.get(b"track_key")
+    return StoredReview(table.replace_schema_metadata(None), tuple(json.loads(meta[b"scope"])),
+                        hashlib.sha256(data).hexdigest()[:16],
+                        tuple(json.loads(meta.get(b"tasks", b"[]"))),
+                        key.decode() if key else None)
 
 
-def save_review(out: Location, record: dict[str, Any], review: Review, task_id: int | None) -> str:
+def save_review(out: Location, record: dict[str, Any], review: Review, task_id: int | None,
+                track_key: str | None = None) -> str:
     """Merge a review into the clip's review file (tracks of its scope and its new tracks are
-    replaced, earlier reviews of other tracks kept) and write it atomically."""
-    existing = load_review(out, record)
-    table, scope = review.keyframes, set(review.scope)
-    tasks: list[int] = []
-    if existing is not None:
-        old, old_scope, _ = existing
-        replaced = scope | set(table["track_id"].to_pylist())
-        keep = old.filter(pc.invert(pc.is_in(old["track_id"], pa.array(sorted(replaced), pa.int32()))))
-        table = pa.concat_tables([keep.cast(KEYFRAME_SCHEMA), table.cast(KEYFRAME_SCHEMA)])
-        scope |= set(old_scope)
-        tasks = json.loads(old.schema.metadata.get(b"tasks", b"[]")) if old.schema.metadata else []
-    if task_id is not None and task_id not in tasks:
-        tasks.append(task_id)
-    table = sort_tracks(table.cast(KEYFRAME_SCHEMA)).replace_schema_metadata(
-        {"scope": json.dumps(sorted(scope)), "tasks": json.dumps(tasks)})
-    return write_table(out, review_path(out, record), table)
+    replaced, earlier reviews of other tracks kept) and write it atomically. Reviews of one
+    clip are merged one at a time (`review_lock`), so two finishing at once both stay."""
+    with review_lock(out):
+        existing = load_review(out, record)
+        table, scope = review.keyframes, set(review.scope)
+        tasks: list[int] = []
+        if existing is not None:
+            old = existing.keyframes
+            replaced = scope | set(table["track_id"].to_pylist())
+            keep = old.filter(pc.invert(pc.is_in(old["track_id"], pa.array(sorted(replaced), pa.int32()))))
+            table = pa.concat_tables([keep.cast(KEYFRAME_SCHEMA), table.cast(KEYFRAME_SCHEMA)])
+            scope |= set(existing.scope)
+            tasks = list(existing.tasks)
+            track_key = track_key or existing.track_key
+        if task_id is not None and task_id not in tasks:
+            tasks.append(task_id)
+        meta = {"scope": json.dumps(sorted(scope)), "tasks": json.dumps(tasks)}
+        if track_key:
+            meta["track_key"] = track_key
+        table = sort_tracks(table.cast(KEYFRAME_SCHEMA)).replace_schema_metadata(meta)
+        return write_table(out, review_path(out, record), table)
+
+
+@contextmanager
+def review_lock(out: Location):
+    """One writer of reviews (and one pipeline run applying them) per OUT at a time: an OS
+    lock on ``OUT/reviews/.lock`` where OUT is a local folder. (An object store has no such
+    lock: with OUT in a bucket, apply reviews from one process.)"""
+    if not out.is_local:
+        yield
+        return
+    import fcntl
+    import os
+
+    folder = os.path.join(out.root, REVIEW_DIR)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- applying a review to dense tracks -------------------------------------------------------------

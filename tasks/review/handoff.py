@@ -11,6 +11,7 @@ is derived from the stored results, so `rebuild_reviews` can always make it agai
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from typing import Any
@@ -127,7 +128,8 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
                 "video": record["output_uri"], "source": record["source_uri"],
                 "annotations": {f: files[where][f][0] for f in recipe.review.formats
                                 if files[where].get(f)},
-                "out": out.url(out.root), "dataset": dataset, "config": config}
+                "out": out.url(out.root), "dataset": dataset, "config": config,
+                "track_key": recipe.track_key()}
         if recipe.review.unit == "clip" or rows.num_rows == 0:
             measured = measures(rows) if rows.num_rows else measures(pa.table({}))
             made.append((task_key(record), priority(recipe, measured),
@@ -147,6 +149,9 @@ def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
     """Enqueue the review tasks of the exported ``clips`` (export summaries). A rerun adds
     nothing: tasks are keyed by clip (or track)."""
     out = open_location(out_uri, recipe.storage)
+    if not (url or recipe.review.db) and not out.is_local:
+        return {"queue": None, "tasks": 0, "new": 0, "unit": recipe.review.unit,
+                "skipped": "OUT is not a local folder and review.db is not set: no queue"}
     files = {(c["recording"], int(c["clip_index"])): c["files"] for c in clips}
     made = review_tasks(out, recipe, records, files, dataset, config)
     queue = open_queue(recipe, out_uri, url)
@@ -202,8 +207,14 @@ def validate_result(payload: dict[str, Any], data: bytes, fmt: str, recipe: Reci
 
     out = open_location(payload["out"], recipe.storage)
     record = _record_of(out, payload["recording"], int(payload["clip_index"]))
-    clip = clip_info(out, record)
     baseline = current_keyframes(out, record)
+    # Tracks a tool added get ids above every id the clip has had, so none takes the id of
+    # a track the reviewer deleted.
+    from tasks.review.corrections import load_review
+
+    stored = load_review(out, record)
+    ids = baseline["track_id"].to_pylist() + (stored.keyframes["track_id"].to_pylist() if stored else [])
+    clip = dataclasses.replace(clip_info(out, record), new_track_ids_from=max(ids, default=0) + 1)
     reviewed = read_reviewed(data, fmt, clip, _labels(out, recipe, baseline))
     try:
         data.decode("utf-8")
@@ -231,7 +242,7 @@ def submit_result(queue, task_id: int, worker: str, data: bytes, fmt: str,
     queue.record(task_id, "changes", review.changes)
     out = open_location(task.payload["out"], recipe.storage)
     record = _record_of(out, task.payload["recording"], int(task.payload["clip_index"]))
-    save_review(out, record, review, task_id)
+    save_review(out, record, review, task_id, task.payload.get("track_key"))
     return {"task": task_id, "clip": task.payload["clip_name"], "recording": task.payload["recording"],
             "changes": review.changes}
 
@@ -242,7 +253,7 @@ def rebuild_reviews(queue, recipe: Recipe, out_uri: str | None = None) -> dict[s
     completion order, as they were."""
     started = time.perf_counter()
     done = [t for t in _all(queue, "done")]
-    done.sort(key=lambda t: t.id)
+    done.sort(key=lambda t: (_completed_at(queue, t.id), t.id))
     applied = 0
     for task in done:
         if out_uri and task.payload["out"].rstrip("/") != out_uri.rstrip("/"):
@@ -257,9 +268,13 @@ def rebuild_reviews(queue, recipe: Recipe, out_uri: str | None = None) -> dict[s
         reviewed = read_reviewed(result["data"].encode("utf-8"), result["format"],
                                  clip_info(out, record))
         review = replay_review(reviewed, result["human"], result["scope"], result["changes"])
-        save_review(out, record, review, task.id)
+        save_review(out, record, review, task.id, task.payload.get("track_key"))
         applied += 1
     return {"results": applied, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _completed_at(queue, task_id: int):
+    return max((h["at"] for h in queue.history(task_id) if h["event"] == "completed"), default=None)
 
 
 def _all(queue, state: str):

@@ -234,3 +234,51 @@ def test_every_review_format_gives_the_same_review(fmt):
     assert human_frames(review) == {"1": [20]}, fmt
     assert review.changes["tracks_deleted"] == [2] and review.changes["tracks_added"] == []
     assert review.changes["keyframes"]["moved"] == 0 and review.changes["tracks"]["1"]["added"] == [20]
+
+
+def test_a_track_a_tool_added_never_takes_a_deleted_tracks_id():
+    """CVAT numbers tracks without our id after the file's largest: with track 2 deleted, a
+    new track would become 2 and inherit the false positive's boxes."""
+    import dataclasses
+    import xml.etree.ElementTree as ET
+
+    from tasks.exports import cvat
+
+    baseline = _baseline()
+    edited = baseline.filter(pc.not_equal(baseline["track_id"], 2))
+    edited = _with(edited, [{"track_id": 7, "frame": 12, "x1": 500.0, "y1": 10.0, "x2": 520.0,
+                             "y2": 30.0, "end_frame": 35, "kind": "start", "source": "human"}])
+    root = ET.fromstring(cvat.write(edited, _clip()))
+    for track in root.iter("track"):  # the tool's new track carries no id of ours
+        for box in track.iter("box"):
+            for attribute in list(box):
+                if attribute.get("name") == "preannotate_track" and attribute.text == "7":
+                    box.remove(attribute)
+    data = ET.tostring(root)
+    naive = read_reviewed(data, "cvat", _clip())
+    assert set(naive["track_id"].to_pylist()) == {1, 2}  # the trap
+    clip = dataclasses.replace(_clip(), new_track_ids_from=3)
+    review = diff_review(baseline, read_reviewed(data, "cvat", clip), FRAMES)
+    assert review.changes["tracks_deleted"] == [2] and review.changes["tracks_added"] == [3]
+
+
+def test_a_result_with_no_tracks_is_refused():
+    empty = _baseline().slice(0, 0)
+    with pytest.raises(FormatError, match="no tracks at all"):
+        diff_review(_baseline(), empty, FRAMES)
+
+
+def test_review_file_merges_tasks_and_keeps_its_settings(tmp_path):
+    from tasks.review.corrections import load_review, save_review
+    from tasks.storage import open_location
+
+    out = open_location(str(tmp_path))
+    record = {"source_uri": "/data/cam/1.mp4"}
+    baseline = _baseline()
+    one = diff_review(baseline, baseline, FRAMES, scope=[1])
+    two = diff_review(baseline, baseline.filter(pc.not_equal(baseline["track_id"], 2)), FRAMES, scope=[2])
+    save_review(out, record, one, 5, "abc")
+    save_review(out, record, two, 3)
+    stored = load_review(out, record)
+    assert stored.tasks == (5, 3) and stored.track_key == "abc" and stored.scope == (1, 2)
+    assert set(stored.keyframes["track_id"].to_pylist()) == {1}  # track 2 deleted by task 3

@@ -103,6 +103,7 @@ def test_queue_location(tmp_path):
     (b'{"schema": "preannotate/annotations", "version": 1}', "json"),
     (b'[{"data": {"video": "x"}, "annotations": []}]', "labelstudio"),
     (b'{"annotations": []}', "dataloop"),
+    (b'{"id": 1, "data": {"video": "x"}, "annotations": []}', "labelstudio"),
     (b"not json", "json"),
 ])
 def test_result_format_is_recognised(data, fmt):
