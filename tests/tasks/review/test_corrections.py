@@ -11,7 +11,7 @@ import pytest
 
 from tasks.compact import compact_tracks
 from tasks.exports.base import ClipInfo, FormatError
-from tasks.keyframes import KEYFRAME_SCHEMA, expand, sort_tracks
+from tasks.keyframes import KEYFRAME_SCHEMA, sort_tracks
 from tasks.review.corrections import (MOVED_PX, correct_tracks, diff_review, read_reviewed,
                                       replay_review, human_frames)
 from tasks.tables import TRACK_SCHEMA
