@@ -131,7 +131,7 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
                 "out": out.url(out.root), "dataset": dataset, "config": config,
                 "track_key": recipe.track_key()}
         if recipe.review.unit == "clip" or rows.num_rows == 0:
-            measured = measures(rows) if rows.num_rows else measures(pa.table({}))
+            measured = measures(rows)
             made.append((task_key(record), priority(recipe, measured),
                          {**base, "track_ids": None, "measures": measured}))
             continue

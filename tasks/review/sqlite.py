@@ -90,6 +90,20 @@ _ABANDONED: list[Any] = []
 _STATES = {s.value: s for s in State}
 
 
+def _count_attempt(conn, now: float, task_id: int, worker: str | None, attempts: int,
+                   max_attempts: int, event: str, reason: str, expires: float | None):
+    """A failed attempt (``failed`` or ``expired``): back to the queue, or dead after
+    ``max_attempts``, with its events. Returns (state, attempts)."""
+    attempts += 1
+    state = "dead" if attempts >= max_attempts else "queued"
+    conn.execute(SET_STATE, (state, attempts, task_id))
+    detail = json.dumps({"reason": reason, "attempts": attempts})
+    conn.execute(EVENT, (task_id, now, event, worker, expires, detail))
+    if state == "dead":
+        conn.execute(EVENT, (task_id, now, "dead", worker, None, detail))
+    return state, attempts
+
+
 def _task(row: tuple) -> Task:
     return Task(id=row[0], key=row[1], priority=float(row[2]), payload=json.loads(row[3]),
                 state=_STATES[row[4]], attempts=row[5], worker=row[6],
@@ -204,13 +218,8 @@ class SQLiteBackend:
         expired = conn.execute("SELECT id, worker, lease_expires_at, attempts FROM review_tasks "
                                "WHERE state = 'leased' AND lease_expires_at <= ?", (now,)).fetchall()
         for task_id, worker, expires, attempts in expired:
-            attempts += 1
-            state = "dead" if attempts >= max_attempts else "queued"
-            conn.execute(SET_STATE, (state, attempts, task_id))
-            detail = json.dumps({"reason": EXPIRED_REASON, "attempts": attempts})
-            conn.execute(EVENT, (task_id, now, "expired", worker, expires, detail))
-            if state == "dead":
-                conn.execute(EVENT, (task_id, now, "dead", worker, None, detail))
+            _count_attempt(conn, now, task_id, worker, attempts, max_attempts, "expired",
+                           EXPIRED_REASON, expires)
 
     def lease(self, worker, lease_seconds, n, max_attempts) -> list[Task]:
         with self._write() as (conn, now):
@@ -253,13 +262,8 @@ class SQLiteBackend:
     def fail(self, task_id, worker, reason, max_attempts) -> Task:
         with self._write() as (conn, now):
             row = self._held(conn, task_id, worker, now)
-            attempts = row[5] + 1
-            state = "dead" if attempts >= max_attempts else "queued"
-            conn.execute(SET_STATE, (state, attempts, task_id))
-            detail = json.dumps({"reason": reason, "attempts": attempts})
-            conn.execute(EVENT, (task_id, now, "failed", worker, None, detail))
-            if state == "dead":
-                conn.execute(EVENT, (task_id, now, "dead", worker, None, detail))
+            state, attempts = _count_attempt(conn, now, task_id, worker, row[5], max_attempts,
+                                             "failed", reason, None)
         return _task(_changed(row, state, attempts, None, None))
 
     def record(self, task_id, event, detail) -> None:
