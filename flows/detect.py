@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.convert import _io, convert_flow
+from flows.runners import stage_runner
+from tasks import progress
 from tasks.detect import (converted_records, detect_clip_uri, is_converted, make_detector,
                           write_detections_uri)
 from tasks.recipe import load_recipe
@@ -26,11 +27,14 @@ def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]
     logger = get_run_logger()
     recipe = load_recipe(config)
     make_detector(recipe)  # a bad backend or option fails here, before any clip
-    runner = ThreadPoolTaskRunner(max_workers=recipe.run.max_parallel_clips)
+    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
     converted = convert_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config)
     records = converted_records(out, recipe)
     todo = [r for r in records if is_converted(r)]
     futures = [detect_clip.submit(r, out, recipe) for r in todo]
+    watching = progress.current()
+    if watching:
+        watching.expect("detect", [r["source_uri"] for r in todo])
     summaries, failed = [], []
     for record, future in zip(todo, futures):
         try:
@@ -38,6 +42,8 @@ def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]
         except Exception as e:  # the batch goes on; nothing was recorded, so it is redone
             logger.error("detect %s failed: %s", record["output_uri"], e)
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
+        if watching:
+            watching.finish("detect", record["source_uri"])
     detections_uri = write_detections(out, recipe, summaries, records)
     return {"convert": converted, "detect": {
         "clips": len(todo), "detected": sum(s["status"] == "detected" for s in summaries),
@@ -48,7 +54,7 @@ def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]
 
 def with_runner(recipe):
     """``detect_flow`` running the recipe's number of clips at once."""
-    runner = ThreadPoolTaskRunner(max_workers=recipe.run.max_parallel_clips)
+    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
     return detect_flow.with_options(task_runner=runner)
 
 

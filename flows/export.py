@@ -8,11 +8,12 @@ import os
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.compact import compact_flow, is_table
 from flows.convert import _io
+from flows.runners import stage_runner
 from flows.track import check_before_start
+from tasks import progress
 from tasks.detect import converted_records, is_converted
 from tasks.export import export_clip_uri, finish_uri, parse_formats
 from tasks.recipe import load_recipe
@@ -36,6 +37,11 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
     spans = spans or recipe.export.spans
     span_summary = spans_to_frames(out, recipe, spans) if spans else None
     records = [r for r in converted_records(out, recipe) if is_converted(r)]
+    watching = progress.current()
+    if watching:  # compaction ran over every clip at once
+        for r in records:
+            watching.finish("compact", r["source_uri"])
+        watching.expect("export", [r["source_uri"] for r in records])
     futures = [(r, export_clip.submit(r, out, recipe, formats)) for r in records]
     clips, failed = [], []
     for record, future in futures:
@@ -44,6 +50,8 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
         except Exception as e:  # reported; the other clips are exported
             logger.error("export %s failed: %s", record["output_uri"], e)
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
+        if watching:
+            watching.finish("export", record["source_uri"])
     files = finish(out, recipe, formats, clips)
     # One review task per clip (or track), keyed so that a rerun adds none twice.
     review = None
@@ -56,14 +64,13 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
             failed.append({"clip": "review queue", "error": f"{type(e).__name__}: {e}"})
     return {**upstream, "spans": span_summary, "review": review, "export": {
         "formats": formats, "clips": len(clips), "failed": failed,
+        "unchanged": sum(not c["written"] for c in clips),
         "files": sum(len(v) for c in clips for v in c["files"].values()) +
         sum(len(v) for v in files.values()), "combined": files}}
 
 
-def run_export(uri: str, out: str, config: str | None, formats: str | None,
-               spans: str | None) -> dict[str, Any]:
-    recipe = load_recipe(config)
-    chosen = parse_formats(formats) if formats else None
+def check_export_args(recipe, uri: str, out: str, spans: str | None) -> None:
+    """What can be refused before Prefect starts: backends, the queue URL, the spans file."""
     if not is_table(uri):
         check_before_start(recipe, out, None)
     if recipe.review.db:
@@ -79,6 +86,13 @@ def run_export(uri: str, out: str, config: str | None, formats: str | None,
         from tasks.spans import load_spans
 
         load_spans(spans, load_label_tree(recipe.labels.file) if recipe.labels.file else None)
-    runner = ThreadPoolTaskRunner(max_workers=recipe.run.max_parallel_clips)
+
+
+def run_export(uri: str, out: str, config: str | None, formats: str | None,
+               spans: str | None) -> dict[str, Any]:
+    recipe = load_recipe(config)
+    chosen = parse_formats(formats) if formats else None
+    check_export_args(recipe, uri, out, spans)
+    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
     return export_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config,
                                                         formats=chosen, spans=spans)

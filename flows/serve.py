@@ -1,5 +1,5 @@
-"""`preannotate serve`: the whole pipeline (`flows.export.export_flow`: ingest -> convert ->
-detect -> track -> compact -> export -> enqueue review) as a Prefect deployment on a cron
+"""`preannotate serve`: the whole pipeline (`flows.run.run_flow`: ingest -> convert ->
+detect -> track -> compact -> export -> enqueue review, with its UI artifacts) as a Prefect deployment on a cron
 schedule, served from this process (Prefect's `serve`: no work pool needed). Runs show up in
 the Prefect UI of the server ``PREFECT_API_URL`` points at. `prefect.yaml` declares the same
 deployment for a work pool (`prefect deploy`)."""
@@ -13,8 +13,8 @@ DEPLOYMENT = "scheduled"
 
 
 def deployment(uri: str, out: str, config: str | None, cron: str, name: str = DEPLOYMENT):
-    """The deployment object: the export flow, its parameters and schedule."""
-    from flows.export import export_flow
+    """The deployment object: the run flow, its parameters and schedule."""
+    from flows.run import run_flow
     from tasks.errors import ConfigError
     from tasks.recipe import load_recipe
 
@@ -22,7 +22,7 @@ def deployment(uri: str, out: str, config: str | None, cron: str, name: str = DE
     parameters: dict[str, Any] = {"uri": uri, "out": out,
                                   "config": os.path.abspath(config) if config else None}
     try:  # Prefect validates the cron expression
-        return export_flow.to_deployment(name=name, cron=cron, parameters=parameters,
+        return run_flow.to_deployment(name=name, cron=cron, parameters=parameters,
                                          description="preannotate: every stage, then review "
                                          "tasks", tags=["preannotate"])
     except ValueError as e:

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.convert import _io
 from flows.detect import with_runner as detect_with_runner
+from flows.runners import stage_runner
+from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import load_recipe
 from tasks.storage import open_location
@@ -38,6 +39,9 @@ def track_flow(uri: str, out: str, config: str | None = None,
     records = converted_records(out, recipe)
     todo = [r for r in records if is_converted(r) and r["output_uri"] not in broken]
     failed: list[dict[str, str]] = []
+    watching = progress.current()
+    if watching:
+        watching.expect("track", [r["source_uri"] for r in todo])
 
     def settle(future, what: str):
         try:
@@ -74,9 +78,12 @@ def track_flow(uri: str, out: str, config: str | None = None,
         if reviewed is not None and reviewed["status"] == "applied":
             applied.append(reviewed)
         summaries.append(summary)
+        if watching:
+            watching.finish("track", record["source_uri"])
     tracks_uri = write_tracks(out, recipe, summaries, records, key)
     return {**detected, "track": {
-        "clips": len(summaries), "objects": sum(s["objects"] for s in summaries),
+        "clips": len(summaries), "reused": sum(bool(s.get("reused")) for s in summaries),
+        "objects": sum(s["objects"] for s in summaries),
         "rows": sum(s["rows"] for s in summaries), "failed": failed, "tracks_uri": tracks_uri,
         "reviews_applied": applied}}
 
@@ -102,7 +109,7 @@ def check_before_start(recipe, out: str, keyframes: str | None) -> None:
 
 def with_runner(recipe):
     """The track flow with the recipe's concurrency (objects tracked at once)."""
-    return track_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=recipe.track.max_parallel))
+    return track_flow.with_options(task_runner=stage_runner(recipe, recipe.track.max_parallel))
 
 
 def run_track(uri: str, out: str, config: str | None, keyframes: str | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from fractions import Fraction
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
+from tasks import progress
 from tasks.convert import ENCODERS, BlockedWithProbe, transcode
 from tasks.errors import Blocked, Reason, StorageError
 from tasks.fingerprint import HashingReader
@@ -25,7 +26,8 @@ from tasks.items import empty_record, load_record, save_record
 from tasks.probe import StreamProbe, choose_video_stream, count_by_demux, open_media, probe_streams
 from tasks.recipe import Recipe
 from tasks.signature import SignatureSpill
-from tasks.storage import Location, commit_file, open_location, open_read, redact, size_of
+from tasks.storage import (Location, commit_file, open_location, open_read, redact,
+                           remove_atomic_temps, size_of)
 
 log = logging.getLogger(__name__)
 Mode = Literal["ingest", "convert"]
@@ -170,9 +172,10 @@ def _convert(reader: HashingReader, clip: ClipSource, out: Location, recipe: Rec
     with _work_files(out) as (webm_path, spill_path):
         spill = SignatureSpill(spill_path)
         try:
-            result = transcode(reader, clip.size, recipe.convert,
-                               recipe.ingest.multiple_video_streams, webm_path, spill,
-                               recipe.parity.content_mean_tolerance)
+            with progress.meter("convert", clip.source_uri, None) as frames:
+                result = transcode(reader, clip.size, recipe.convert,
+                                   recipe.ingest.multiple_video_streams, webm_path, spill,
+                                   recipe.parity.content_mean_tolerance, frames)
         except BlockedWithProbe as b:
             _fill_probe(record, b.probe)  # a blocked clip's row still says what it is
             if b.result is not None:
@@ -230,9 +233,12 @@ def _work_files(out: Location) -> Iterator[tuple[str, str]]:
 
 
 def clean_work_dir(out: Location) -> None:
-    """Remove temp files a killed run left behind (one writer per OUT at a time)."""
+    """Remove temp files a killed run left behind (one writer per OUT at a time): the work
+    folder, and half-written files beside outputs (not under ``reviews/``, which the review
+    commands write while a run may be going)."""
     if out.is_local:
         shutil.rmtree(out.path(TMP_DIR), ignore_errors=True)
+        remove_atomic_temps(out, keep=("reviews",))
 
 
 def process_clip_uris(clip: ClipSource, src_uri: str, out_uri: str, recipe: Recipe,

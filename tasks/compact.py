@@ -295,13 +295,19 @@ def verify(tracks: pa.Table, keyframes: pa.Table, *, max_error_px: float | None 
 # --- the stage ------------------------------------------------------------------------------
 
 KEYFRAMES_FILE = "keyframes.parquet"
+# Each clip's keyframes, named by the digest of its dense rows and the tolerance: a rerun
+# reuses them (no work twice), and a changed tolerance or track recomputes only that clip.
+CACHE_DIR = "_state/compact"
+# Bump when the algorithm's output changes, so cached keyframes are recomputed.
+COMPACT_VERSION = 1
 
 
 def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | None = None,
                 min_iou: float | None = None) -> dict:
     """Compact a tracks table (a Parquet file at any fsspec URL) clip by clip into
     ``OUT/keyframes.parquet``, re-checking every frame of the result (a failure there is a
-    bug and raises). The tolerance is the arguments' or else the recipe's."""
+    bug and raises). The tolerance is the arguments' or else the recipe's. A clip whose rows
+    and tolerance are unchanged since an earlier run is not compacted again."""
     import time
 
     import pyarrow.compute as pc
@@ -309,7 +315,7 @@ def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | Non
 
     from tasks.errors import PipelineError
     from tasks.storage import open_location
-    from tasks.tables import concat, write_table
+    from tasks.tables import concat, read_table, table_digest, write_table
 
     if max_error_px is None and min_iou is None:
         max_error_px, min_iou = recipe.compact.max_error_px, recipe.compact.min_iou
@@ -323,28 +329,54 @@ def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | Non
         raise ConfigError(f"no tracks table at {tracks_uri}") from e
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise ConfigError(f"{tracks_uri} is not a readable Parquet tracks table: {e}") from e
+    out = open_location(out_uri, recipe.storage)
     started = time.perf_counter()
     clips = pc.unique(pc.binary_join_element_wise(
         tracks["recording"], pc.cast(tracks["clip_index"], pa.string()), "\x00")).to_pylist() \
         if tracks.num_rows else []
-    parts = []
+    parts, used, computed = [], set(), 0
     for clip in sorted(clips, key=lambda c: (c.split("\x00")[0], int(c.split("\x00")[1]))):
         recording, index = clip.split("\x00")
         rows = tracks.filter(pc.and_(pc.equal(tracks["recording"], recording),
                                      pc.equal(tracks["clip_index"], int(index))))
-        keyframes = compact_tracks(rows, max_error_px=max_error_px, min_iou=min_iou)
-        problems = verify(rows, keyframes, max_error_px=max_error_px, min_iou=min_iou)
-        if problems:
-            raise PipelineError(f"compaction of {recording} clip {index} failed its check: "
-                                f"{problems[0]}")
+        cached = out.path(CACHE_DIR, table_digest(rows, max_error_px, min_iou, COMPACT_VERSION)
+                          + ".parquet")
+        used.add(cached.rsplit("/", 1)[-1])
+        keyframes = read_table(out, cached)
+        if keyframes is None:
+            keyframes = compact_tracks(rows, max_error_px=max_error_px, min_iou=min_iou)
+            problems = verify(rows, keyframes, max_error_px=max_error_px, min_iou=min_iou)
+            if problems:
+                raise PipelineError(f"compaction of {recording} clip {index} failed its check: "
+                                    f"{problems[0]}")
+            write_table(out, cached, keyframes)
+            computed += 1
         parts.append(keyframes)
     seconds = time.perf_counter() - started
     keyframes = concat(parts, KEYFRAME_SCHEMA)
-    out = open_location(out_uri, recipe.storage)
     path = write_table(out, out.path(KEYFRAMES_FILE), keyframes)
+    _drop_unused(out, used)
     dense = int(pc.sum(pc.invert(tracks["hidden"])).as_py() or 0) if tracks.num_rows else 0
-    return {"clips": len(parts), "input_rows": tracks.num_rows, "visible_frames": dense,
+    return {"clips": len(parts), "computed": computed, "reused": len(parts) - computed,
+            "input_rows": tracks.num_rows, "visible_frames": dense,
             "keyframes": keyframes.num_rows,
             "keyframes_per_1000_frames": round(1000 * keyframes.num_rows / dense, 2) if dense else 0.0,
             "tolerance": {"max_error_px": max_error_px, "min_iou": min_iou},
             "seconds": round(seconds, 3), "keyframes_uri": out.url(path)}
+
+
+def _drop_unused(out, used: set[str]) -> None:
+    """Cached clips no current track needs (an older tolerance or tracking) are removed, so
+    the cache holds one entry per clip."""
+    folder = out.path(CACHE_DIR)
+    try:
+        out.fs.invalidate_cache(folder)
+        present = out.fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return
+    for path in present:
+        if path.endswith(".parquet") and path.rsplit("/", 1)[-1] not in used:
+            try:
+                out.fs.rm(path)
+            except FileNotFoundError:  # another listing was stale; nothing to remove
+                pass

@@ -28,6 +28,7 @@ from tasks.priority import DECODE_NICE, run_in_thread
 from tasks.probe import (StreamProbe, TimestampStats, choose_video_stream, clockwise_rotation,
                          open_media, probe_streams)
 from tasks.recipe import ConvertConfig
+from tasks.progress import Meter
 from tasks.signature import SignatureSpill, luma_signature
 
 __all__ = ["ENCODERS", "BlockedWithProbe", "TranscodeResult", "transcode"]
@@ -58,8 +59,8 @@ class BlockedWithProbe(Blocked):
 
 
 def transcode(reader, size: int, config: ConvertConfig, multiple_video_streams: str,
-              output_path: str, spill: SignatureSpill, content_tolerance: float = 12.0
-              ) -> TranscodeResult:
+              output_path: str, spill: SignatureSpill, content_tolerance: float = 12.0,
+              meter: Meter | None = None) -> TranscodeResult:
     """Decode ``reader`` once and write the WebM at ``output_path``.
 
     Raises `Blocked` for sources that cannot be trusted; a decode error never yields a
@@ -71,6 +72,9 @@ def transcode(reader, size: int, config: ConvertConfig, multiple_video_streams: 
         video = choose_video_stream(container, multiple_video_streams)
         probe = probe_streams(container, video)
         job = _Transcoder(container, video, probe, config, output_path, spill, content_tolerance)
+        if meter is not None:  # the header's count: an estimate, for progress bars only
+            meter.total = probe.header_frame_count
+            job.meter = meter
         try:
             return job.run()
         except Blocked as b:
@@ -97,6 +101,7 @@ class _Transcoder:
         self.early_audio: list = []
         self.last_pts: int | None = None
         self.failed = False  # after the first error we only count packets (and hash bytes)
+        self.meter = Meter(None, "convert", "", None)
 
     def run(self) -> TranscodeResult:
         # The parity reader waits for this file to appear: never let it see an older one.
@@ -179,6 +184,7 @@ class _Transcoder:
         result.stats.add(frame.pts, frame.duration or 0)
         self.last_pts = frame.pts
         result.decoded += 1
+        self.meter.add()
         self.worker.frame(shaped)
         if self.parity.failed:  # no use encoding further: the clip is blocked
             raise self.parity.error

@@ -28,6 +28,7 @@ import pyarrow as pa
 from models import registry
 from models.boxes import Boxes
 from models.contracts import Detector
+from tasks import progress
 from tasks.detect_driver import detect_checked
 from tasks.errors import ConfigError, PipelineError
 from tasks.ingest import clip_id_for
@@ -128,13 +129,15 @@ def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, An
         meta = json.loads(data)
     except ValueError:
         return None
-    if (meta.get("key") == key and meta.get("webm") == _webm_identity(record)
+    if (meta.get("key") == key and meta.get("webm") == webm_identity(record)
             and size_of(out, table_path) is not None):
         return meta
     return None
 
 
-def _webm_identity(record: dict[str, Any]) -> list:
+def webm_identity(record: dict[str, Any]) -> list:
+    """What identifies the WebM a clip's later stages worked on: a clip converted again (new
+    source bytes or convert settings) is a new WebM, and their earlier work does not apply."""
     return [record.get("output_uri"), record.get("output_bytes"), record.get("convert_key"),
             record.get("fingerprint")]
 
@@ -161,13 +164,15 @@ def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
     columns = _Columns()
     path = webm_path(out, record)
     frames = 0
-    for batch in _batches(out, path, recipe):
-        results = detect_checked(detector, [s.image for s in batch.frames])
-        for sampled, boxes in zip(batch.frames, results):
-            boxes = _to_webm_pixels(boxes, batch.scale, batch.size)
-            keep = boxes.confidence >= recipe.detect.min_score
-            columns.add(sampled, boxes[keep], detector.spec.labels, mapped)
-        frames = batch.decoded
+    with progress.meter("detect", record["source_uri"], record.get("output_frames")) as meter:
+        for batch in _batches(out, path, recipe):
+            results = detect_checked(detector, [s.image for s in batch.frames])
+            for sampled, boxes in zip(batch.frames, results):
+                boxes = _to_webm_pixels(boxes, batch.scale, batch.size)
+                keep = boxes.confidence >= recipe.detect.min_score
+                columns.add(sampled, boxes[keep], detector.spec.labels, mapped)
+            meter.add(batch.decoded - frames)
+            frames = batch.decoded
     expected = record.get("output_frames")
     if expected is not None and frames != expected:
         raise MediaReadError(f"{record['output_uri']}: decoded {frames} frames, the parity "
@@ -175,7 +180,7 @@ def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
     table = columns.table(record)
     meta_path, table_path = state_paths(out, record)
     write_table(out, table_path, table)  # the table first: the record marks it complete
-    meta = {"key": key, "webm": _webm_identity(record), "frames": frames,
+    meta = {"key": key, "webm": webm_identity(record), "frames": frames,
             "every_nth": recipe.detect.every_nth, "detections": table.num_rows,
             "seconds": round(time.perf_counter() - started, 3)}
     write_bytes_atomic(out, meta_path, json.dumps(meta, sort_keys=True).encode())

@@ -24,7 +24,8 @@ from tasks.errors import ConfigError
 from tasks.exports.base import ClipInfo
 from tasks.keyframes import KEYFRAME_SCHEMA
 from tasks.recipe import EXPORT_FORMATS, Recipe
-from tasks.storage import Location, open_location, safe_component, write_bytes_atomic
+from tasks.storage import (Location, open_location, read_bytes, safe_component, size_of,
+                           write_bytes_atomic)
 from tasks.tables import read_table
 
 EXPORT_DIR = "exports"
@@ -71,7 +72,10 @@ def clip_keyframes(keyframes: pa.Table, record: dict[str, Any]) -> pa.Table:
 def export_path(out: Location, fmt: str, record: dict[str, Any], extension: str) -> str:
     """``exports/<fmt>/<recording>/<clip stem><ext>``; MOT keeps its sequence layout,
     ``exports/mot/<recording>/<clip stem>/gt/gt.txt`` (with ``gt/labels.txt``)."""
-    stem = posixpath.splitext(safe_component(record["clip_name"]))[0]
+    # The WebM's name: ingest made it safe and unique in its recording ("a b.mp4" and
+    # "a_b.mp4", "a.mp4" and "a.mov" stay apart).
+    stem = posixpath.splitext(posixpath.basename(record["output_uri"]))[0] \
+        if record.get("output_uri") else posixpath.splitext(safe_component(record["clip_name"]))[0]
     parts = [p for p in record["recording"].split("/") if p] if record["recording"] else []
     base = [EXPORT_DIR, fmt, *[safe_component(p) for p in parts]]
     if fmt == "mot":
@@ -79,33 +83,64 @@ def export_path(out: Location, fmt: str, record: dict[str, Any], extension: str)
     return out.path(*base, stem + extension)
 
 
+EXPORT_STATE_DIR = "_state/export"
+# Bump when a writer's output changes, so unchanged clips are written again.
+EXPORT_VERSION = 1
+# What a clip's files depend on besides its keyframes (the WebM and how it is described).
+_CLIP_FIELDS = ("recording", "clip_index", "clip_name", "output_uri", "output_bytes",
+                "output_width", "output_height", "output_fps_measured", "fps", "fingerprint",
+                "convert_key")
+
+
 def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> dict[str, Any]:
     """Write one clip's keyframes in every asked format (not `parquet`: the tables are
-    already written). Returns {format: [file URL, ...]}."""
+    already written). Returns {format: [file URL, ...]}. A format whose inputs (the clip's
+    keyframes, its WebM, the writer) are unchanged since the last run, and whose files are
+    still there, is not written again."""
+    from tasks.ingest import clip_id_for
+    from tasks.tables import table_digest
+
     keyframes = read_table(out, out.path(KEYFRAMES_FILE))
     if keyframes is None:
         raise ConfigError(f"no {KEYFRAMES_FILE} in {out.url(out.root)}; run compact first")
     rows = clip_keyframes(keyframes.cast(KEYFRAME_SCHEMA), record)
-    clip = clip_info(out, record)
     # One class numbering for every clip's MOT files: the labels of the whole table.
     all_labels = sorted(set(keyframes["label"].to_pylist()))
+    digest = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], all_labels, EXPORT_VERSION)
+    state_path = out.path(EXPORT_STATE_DIR, f"{clip_id_for(record['source_uri'])}.json")
+    state = json.loads(read_bytes(out, state_path) or b"{}")
+    clip = None
     written: dict[str, list[str]] = {}
+    done: dict[str, Any] = {}
     for fmt in formats:
         if fmt == "parquet":
             continue
+        before = state.get(fmt)
+        if before and before["digest"] == digest and all(
+                size_of(out, path) == size for path, size in before["sizes"].items()):
+            written[fmt], done[fmt] = before["files"], before
+            continue
+        clip = clip or clip_info(out, record)
         module = format_module(fmt)
         path = export_path(out, fmt, record, module.EXTENSION)
+        files = {path: module.write(rows, clip, labels=all_labels) if fmt == "mot"
+                 else module.write(rows, clip)}
         if fmt == "mot":
-            write_bytes_atomic(out, path, module.write(rows, clip, labels=all_labels))
             labels_path = posixpath.join(posixpath.dirname(path), module.LABELS_FILE)
-            write_bytes_atomic(out, labels_path, module.write_labels(rows, clip, labels=all_labels))
-            written[fmt] = [out.url(path), out.url(labels_path)]
-            continue
-        write_bytes_atomic(out, path, module.write(rows, clip))
-        written[fmt] = [out.url(path)]
+            files[labels_path] = module.write_labels(rows, clip, labels=all_labels)
+        for name, data in files.items():
+            write_bytes_atomic(out, name, data)
+        written[fmt] = [out.url(name) for name in files]
+        done[fmt] = {"digest": digest, "files": written[fmt],
+                     "sizes": {name: len(data) for name, data in files.items()}}
+    unchanged = sorted(f for f in done if state.get(f) is done[f])
+    if len(unchanged) < len(done):
+        # Written after the files, so a crash in between only means writing them again.
+        write_bytes_atomic(out, state_path, json.dumps({**state, **done}, sort_keys=True).encode())
     return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
             "tracks": len(set(rows["track_id"].to_pylist())), "keyframes": rows.num_rows,
-            "files": written}
+            "files": written, "written": sorted(set(done) - set(unchanged)),
+            "unchanged": unchanged}
 
 
 def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[str, Any]]) -> dict:

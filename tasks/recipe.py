@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from configs import recipe_path
 from tasks.errors import ConfigError
@@ -66,8 +68,48 @@ class ParityConfig(_Section):
     )
 
 
+# A running cluster's address, per runner (checked before anything starts).
+_HOST_PORT = r"[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}"
+_ADDRESS = {"dask": rf"((tcp|tls)://)?({_HOST_PORT})", "ray": rf"auto|(ray://)?({_HOST_PORT})"}
+_ADDRESS_HINT = {"dask": "tcp://host:port or tls://host:port",
+                 "ray": "ray://host:port, host:port or auto"}
+
+
 class RunConfig(_Section):
-    max_parallel_clips: int = Field(2, ge=1, le=256)
+    """How tasks run: threads in this process, or worker processes of a Dask or Ray cluster
+    (see flows/runners.py)."""
+
+    max_parallel_clips: int = Field(2, ge=1, le=256, description="clips at once (threads)")
+    task_runner: Literal["thread", "dask", "ray"] = Field(
+        "thread", description="thread: a thread pool here; dask / ray: worker processes of a "
+        "local cluster (or the one at `address`)")
+    workers: int = Field(2, ge=1, le=1024, description="dask / ray: worker processes of the "
+                         "local cluster")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="dask: tasks each worker "
+                                    "process runs at once")
+    address: str | None = Field(None, min_length=1, description="a running cluster to use "
+                                "instead of a local one: Dask tcp://host:port, Ray "
+                                "ray://host:port, host:port or auto")
+
+    @field_validator("threads_per_worker")
+    @classmethod
+    def _threads_need_dask(cls, value: int, info: ValidationInfo) -> int:
+        if value != 1 and info.data.get("task_runner") == "ray":
+            raise ValueError("only task_runner dask runs several tasks per worker process "
+                             "(Ray: set workers)")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address_fits_runner(cls, value: str | None, info: ValidationInfo) -> str | None:
+        runner = info.data.get("task_runner")
+        if value is None or runner is None:  # runner None: its own error is reported
+            return value
+        if runner == "thread":
+            raise ValueError("needs task_runner dask or ray")
+        if not re.fullmatch(_ADDRESS[runner], value):
+            raise ValueError(f"not a {runner} address ({_ADDRESS_HINT[runner]})")
+        return value
 
 
 class DetectConfig(_Section):

@@ -7,6 +7,7 @@ through the same few functions. Object keys are data: they are mapped to output 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -196,6 +197,27 @@ def write_bytes_atomic(loc: Location, path: str, data: bytes) -> None:
             loc.fs.pipe_file(path, data)  # one PUT: atomic on object stores
     except OSError as e:
         raise StorageError(f"cannot write {redact(loc.url(path))}: {redact(str(e))}") from e
+
+
+_ATOMIC_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
+
+
+def remove_atomic_temps(loc: Location, keep: tuple[str, ...] = ()) -> int:
+    """Remove the temp files `write_bytes_atomic` leaves when a process is killed mid-write
+    (local folders only: object stores write in one PUT), except under the ``keep`` folders
+    (another command may be writing there). Returns how many were removed."""
+    if not loc.is_local or not os.path.isdir(loc.root):
+        return 0
+    removed = 0
+    for folder, dirs, files in os.walk(loc.root):
+        rel = os.path.relpath(folder, loc.root)
+        dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel, d)) not in keep]
+        for name in files:
+            if _ATOMIC_TEMP.search(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
 
 
 def commit_file(loc: Location, local_tmp: str, path: str) -> None:

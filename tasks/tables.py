@@ -71,6 +71,22 @@ def read_table(out: Location, path: str) -> pa.Table | None:
     return None if data is None else pq.read_table(pa.BufferReader(data))
 
 
+def table_digest(table: pa.Table, *extra) -> str:
+    """BLAKE2b-128 of a table's content (Arrow IPC of its rows, one chunk per column, so the
+    same rows give the same digest however they were read) and of ``extra`` values: how a
+    stage recognises a unit it has already done."""
+    import hashlib
+    import json
+
+    h = hashlib.blake2b(digest_size=16)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.remove_metadata()) as writer:
+        writer.write_table(table.replace_schema_metadata(None).combine_chunks())
+    h.update(sink.getvalue())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def concat(tables: list[pa.Table], target: pa.Schema) -> pa.Table:
     tables = [t.select(target.names).cast(target) for t in tables if t is not None]
     return pa.concat_tables(tables) if tables else target.empty_table()

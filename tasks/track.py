@@ -28,6 +28,7 @@ a resumed run seeks once, to the object's last keyframe (`tasks.frames`, exact f
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import registry
+from tasks import progress
 from tasks.associate import associate
 from tasks.detect import STATE_DIR as DETECT_DIR
 from tasks.detect import open_webm
@@ -74,7 +76,12 @@ def track_key(recipe: Recipe, keyframes_digest: str | None) -> str:
 
 
 def clip_dir(out: Location, record: dict[str, Any], key: str) -> str:
-    return out.path(STATE_DIR, clip_id_for(record["source_uri"]), key)
+    """The clip's tracking state for these settings and this WebM (its fingerprint and
+    convert settings): a clip replaced under the same name is tracked afresh."""
+    from tasks.detect import webm_identity
+
+    webm = hashlib.blake2b(json.dumps(webm_identity(record)).encode(), digest_size=4).hexdigest()
+    return out.path(STATE_DIR, clip_id_for(record["source_uri"]), f"{key}-{webm}")
 
 
 # --- keyframes a person made ------------------------------------------------------------
@@ -278,7 +285,8 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     tracker = registry.create("tracker", cfg.tracker, **cfg.options)
     takes_reference = "reference" in inspect.signature(tracker.init).parameters
     anchor_frames = np.asarray(sorted(anchor_at), np.int64)
-    with open_webm(out, record, timeline) as reader:
+    with open_webm(out, record, timeline) as reader, \
+            progress.meter("track", record["source_uri"], None) as meter:
         scaler = _Scaler(record, cfg.max_side)
         state, live = None, False  # the tracker, kept across chunks within this run
         for c in range(done, len(chunk_starts)):
@@ -292,6 +300,7 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
             for index, pts, frame in reader.read(c0, c1 - c0):
                 state, end = _step(tracker, state, scaler.image(frame), index, anchor_at,
                                    last_anchor, end, rows, scaler, cfg.lost_score)
+                meter.add()
                 if end.status == "ended":
                     break
             live = True
@@ -481,6 +490,7 @@ def assemble_clip(record: dict[str, Any], out: Location, key: str, objects: list
     base = clip_dir(out, record, key)
     path = f"{base}/tracks.parquet"
     existing = read_table(out, path)
+    reused = existing is not None
     if existing is None:
         plan = read_table(out, f"{base}/plan.parquet")
         timeline = _load_timeline(out, base)
@@ -495,7 +505,7 @@ def assemble_clip(record: dict[str, Any], out: Location, key: str, objects: list
         write_table(out, path, existing)
     return {"recording": record["recording"], "clip_index": record["clip_index"],
             "objects": len(objects), "rows": existing.num_rows,
-            "hidden": int(pc.sum(existing["hidden"]).as_py() or 0)}
+            "hidden": int(pc.sum(existing["hidden"]).as_py() or 0), "reused": reused}
 
 
 def _with_clip_columns(rows: pa.Table, plan: pa.Table, timeline: Timeline,

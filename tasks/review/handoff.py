@@ -161,8 +161,13 @@ def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
         after = queue.stats()["total"]
     finally:
         queue.close()
+    per_clip: dict[tuple[str, int], int] = {}
+    for _, _, payload in made:
+        where = (payload["recording"], int(payload["clip_index"]))
+        per_clip[where] = per_clip.get(where, 0) + 1
     return {"queue": queue_url(recipe, out_uri, url), "tasks": len(made), "new": after - before,
-            "unit": recipe.review.unit}
+            "unit": recipe.review.unit,
+            "per_clip": [[rec, index, n] for (rec, index), n in sorted(per_clip.items())]}
 
 
 # --- results ------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_scheduled_deployment_and_prefect_yaml_agree(tmp_path):
     from tasks.errors import ConfigError
 
     made = deployment("s3://b/videos", "s3://b/out", None, "0 2 * * *")
-    assert made.entrypoint == "flows/export.py:export_flow"
+    assert made.entrypoint == "flows/run.py:run_flow"
     assert made.parameters == {"uri": "s3://b/videos", "out": "s3://b/out", "config": None}
     assert made.schedules[0].schedule.cron == "0 2 * * *"
     with pytest.raises(ConfigError, match="cron"):

@@ -88,16 +88,20 @@ def test_kill_mid_batch_then_rerun_matches_uninterrupted(prefect_harness, batch,
     assert _comparable(killed) == _comparable(ref)  # same rows, byte-identical WebM
 
 
-def test_demo_command_converts_the_samples(prefect_harness, tmp_path):
-    """The README's main command, as a newcomer runs it (the samples, into --out)."""
-    import json
-
-    done = _cli(["demo", "--out", str(tmp_path / "out"), "--json"], prefect_harness)
-    output = done.communicate(timeout=300)[0]
+def test_demo_command_runs_the_pipeline_on_the_samples(prefect_harness, tmp_path):
+    """The README's main command, as a newcomer runs it (the samples, into --out): every
+    stage, then where the outputs, previews and review queue are."""
+    out = tmp_path / "out"
+    done = _cli(["demo", "--out", str(out)], prefect_harness)
+    output = done.communicate(timeout=600)[0]
     assert done.returncode == 0, output
-    summary = json.loads(output[output.index("{"):])
-    assert summary["counts"] == {"converted": 4}
-    rows = pq.read_table(tmp_path / "out" / "items.parquet").to_pylist()
+    assert "run completed: 4 done, 0 blocked, 0 failed clip(s)" in output
+    for line in (f"outputs: {out}", f"previews: {out}/previews", f"review queue: sqlite:///{out}/review.db"):
+        assert line in output, output
+    rows = pq.read_table(out / "items.parquet").to_pylist()
     assert sorted(r["recording"] for r in rows) == [
         "bigbuckbunny", "bikes", "carphone_distorted", "carphone_pristine"]
     assert all(Path(r["output_uri"]).exists() for r in rows)
+    assert len(list((out / "previews").rglob("*.contact.jpg"))) == 4
+    assert pq.read_table(out / "keyframes.parquet").num_rows > 0
+    assert len(list((out / "exports" / "cvat").rglob("*.xml"))) == 4

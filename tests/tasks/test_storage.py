@@ -80,3 +80,20 @@ def test_gcs_without_its_extra_is_a_clear_config_error():
         pytest.skip("gcsfs is installed here: the missing-extra message cannot show")
     with pytest.raises(ConfigError, match="install the 'gcs' extra"):
         open_location("gs://bucket/prefix")
+
+
+def test_remove_atomic_temps_leaves_outputs_and_kept_folders(tmp_path):
+    from tasks.storage import remove_atomic_temps
+
+    loc = open_location(str(tmp_path))
+    half = "a" * 32
+    (tmp_path / "exports" / "cvat").mkdir(parents=True)
+    (tmp_path / "reviews").mkdir()
+    (tmp_path / "exports" / "cvat" / f"1.xml.tmp-{half}").write_bytes(b"half")
+    (tmp_path / "exports" / "cvat" / "1.xml").write_bytes(b"whole")
+    (tmp_path / f"items.parquet.tmp-{half}").write_bytes(b"half")
+    (tmp_path / "reviews" / f"r.parquet.tmp-{half}").write_bytes(b"being written")
+    (tmp_path / "notes.tmp-x").write_bytes(b"not ours")
+    assert remove_atomic_temps(loc, keep=("reviews",)) == 2
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["exports/cvat/1.xml", "notes.tmp-x", f"reviews/r.parquet.tmp-{half}"]

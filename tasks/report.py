@@ -1,0 +1,123 @@
+"""What a run did, clip by clip: the rows of the run's table artifact and the counts its
+final state and exit code give. Read from the tables the stages wrote (so a clip a rerun
+skipped still shows its detections, tracks and keyframes) and from the run's summary
+(failures and review tasks)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from tasks.storage import Location
+from tasks.tables import read_table
+
+COLUMNS = ("clip", "status", "reason", "frames", "detections", "tracks", "keyframes",
+           "review_tasks")
+# A clip's outcome: done (every stage ran or was already done), blocked (refused with a
+# reason) or failed (a unit failed; the next run redoes it).
+OUTCOMES = ("done", "blocked", "failed")
+# Reasons the convert stage gives a clip whose task failed (`tasks.batch.failed_record`).
+TASK_FAILED = ("storage_error", "internal_error")
+
+
+def _per_clip(table: pa.Table | None, distinct: str | None = None) -> Counter:
+    """Rows (or distinct ``distinct`` values) per (recording, clip_index)."""
+    if table is None or table.num_rows == 0:
+        return Counter()
+    columns = [table["recording"].to_pylist(), table["clip_index"].to_pylist()]
+    if distinct is None:
+        return Counter(zip(*columns))
+    return Counter((r, c) for r, c, _ in set(zip(*columns, table[distinct].to_pylist())))
+
+
+def _failures(summary: dict[str, Any]) -> dict[str, str]:
+    """WebM URL -> the first stage failure naming it (stage: error)."""
+    failed: dict[str, str] = {}
+    for stage in ("detect", "track", "export"):
+        for f in (summary.get(stage) or {}).get("failed", []):
+            what = f.get("clip") or f.get("unit") or ""
+            # Track units read "track URL #id", "plan URL", "apply review URL".
+            url = what.split(" ", 1)[1].rsplit(" #", 1)[0] if " " in what else what
+            url = url.removeprefix("review ")
+            failed.setdefault(url, f"{stage}: {f['error']}")
+    return failed
+
+
+def clip_rows(out: Location, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per clip of the items table, in recording then clip order."""
+    items = read_table(out, out.path("items.parquet"))
+    if items is None:
+        return []
+    detections = _per_clip(read_table(out, out.path("detections.parquet")))
+    tracks = _per_clip(read_table(out, out.path("tracks.parquet")), "track_id")
+    keyframes = _per_clip(read_table(out, out.path("keyframes.parquet")))
+    review = {(r, int(c)): n for r, c, n in (summary.get("review") or {}).get("per_clip", [])}
+    failed = _failures(summary)
+    rows = []
+    for item in items.to_pylist():
+        where = (item["recording"], item["clip_index"])
+        status, reason = item["status"], item["reason"] or ""
+        if status in ("converted", "skipped"):
+            status = "done"
+            if item["output_uri"] in failed:
+                status, reason = "failed", failed[item["output_uri"]]
+        elif reason in TASK_FAILED:  # not a verdict on the clip: redone on the next run
+            status, reason = "failed", f"convert: {reason}: {item['detail']}"
+        rows.append({
+            "clip": "/".join(p for p in (item["recording"], item["clip_name"]) if p),
+            "status": status, "reason": reason,
+            "frames": int(item["output_frames"] or item["frame_count"] or 0),
+            "detections": detections.get(where, 0), "tracks": tracks.get(where, 0),
+            "keyframes": keyframes.get(where, 0), "review_tasks": review.get(where, 0),
+            "recording": item["recording"], "clip_index": item["clip_index"],
+            "source_uri": item["source_uri"], "output_uri": item["output_uri"]})
+    return rows
+
+
+def outcome_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts = Counter(row["status"] for row in rows)
+    return {o: counts.get(o, 0) for o in OUTCOMES}
+
+
+def outcome_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[o]} {o}" for o in OUTCOMES) + " clip(s)"
+
+
+def artifact_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as the run's table artifact shows them (the columns in `COLUMNS`)."""
+    return [{c: row[c] for c in COLUMNS} for row in rows]
+
+
+def clip_rows_uri(out_uri: str, recipe, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    from tasks.storage import open_location
+
+    return clip_rows(open_location(out_uri, recipe.storage), summary)
+
+
+def clip_preview_uri(row: dict[str, Any], out_uri: str, recipe) -> dict[str, Any]:
+    """One done clip's previews written to ``OUT/previews/`` (skipped when what they show is
+    unchanged) and the markdown of its artifact: {"files": {...}, "markdown": str}."""
+    from tasks.compact import KEYFRAMES_FILE
+    from tasks.export import clip_keyframes
+    from tasks.items import read_items
+    from tasks.keyframes import KEYFRAME_SCHEMA
+    from tasks.previews import clip_digest, clip_markdown, write_previews
+    from tasks.storage import open_location, read_bytes
+
+    out = open_location(out_uri, recipe.storage)
+    items = read_items(out)
+    record = next(r for r in items.to_pylist() if r["source_uri"] == row["source_uri"])
+    table = read_table(out, out.path(KEYFRAMES_FILE))
+    keyframes = clip_keyframes(table.cast(KEYFRAME_SCHEMA), record) if table is not None \
+        else KEYFRAME_SCHEMA.empty_table()
+    files = write_previews(out, record, keyframes, clip_digest(keyframes, record))
+    images = {name: read_bytes(out, _path_of(out, url)) for name, url in files.items()}
+    summary = {c: row[c] for c in COLUMNS if c != "clip"}
+    return {"files": files, "markdown": clip_markdown(record, summary, images)}
+
+
+def _path_of(out: Location, url: str) -> str:
+    """The store path of a URL `Location.url` made."""
+    return url.split("://", 1)[1] if "://" in url else url
