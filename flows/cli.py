@@ -159,14 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compact" and not args.out:
             raise ConfigError("--out is required")
         from flows.bars import bars
-        from flows.runners import scaled_out
-        from tasks.recipe import load_recipe
 
-        if args.command in ("serve", "snapshot"):
+        with bars(False if args.command == "serve" else None):
             summary = _run(args, uri, config)
-        else:  # one cluster (Dask, Ray) for every stage of the command, when the recipe says so
-            with scaled_out(load_recipe(config)), bars():
-                summary = _run(args, uri, config)
     except ConfigError as e:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE

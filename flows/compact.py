@@ -9,10 +9,10 @@ from typing import Any
 from prefect import flow, task
 
 from flows.convert import _io
-from flows.track import check_before_start
-from flows.track import with_runner as track_with_runner
+from flows.runners import flow_runner, scaled_out
+from flows.track import check_before_start, track_stage
 from tasks.compact import compact_uri, tolerance
-from tasks.recipe import load_recipe
+from tasks.recipe import Recipe, load_recipe
 
 compact_tracks = task(compact_uri, name="compact-keyframes", **_io)
 
@@ -21,17 +21,23 @@ def is_table(source: str) -> bool:
     return source.rstrip("/").lower().endswith((".parquet", ".pq"))
 
 
-@flow(name="preannotate-compact", log_prints=True)
-def compact_flow(source: str, out: str, config: str | None = None,
-                 max_error_px: float | None = None, min_iou: float | None = None) -> dict[str, Any]:
-    recipe = load_recipe(config)
+def compact_stage(source: str, out: str, recipe: Recipe, max_error_px: float | None = None,
+                  min_iou: float | None = None) -> dict[str, Any]:
+    """Dense tracks -> keyframes, within the current flow; from a dataset URI the stages
+    before run first."""
     upstream: dict[str, Any] = {}
     tracks_uri = source
     if not is_table(source):
-        upstream = track_with_runner(recipe)(uri=source, out=out, config=config)
+        upstream = track_stage(source, out, recipe)
         tracks_uri = upstream["track"]["tracks_uri"]
     summary = compact_tracks(tracks_uri, out, recipe, max_error_px, min_iou)
     return {**upstream, "compact": summary}
+
+
+@flow(name="preannotate-compact", log_prints=True)
+def compact_flow(source: str, out: str, config: str | None = None,
+                 max_error_px: float | None = None, min_iou: float | None = None) -> dict[str, Any]:
+    return compact_stage(source, out, load_recipe(config), max_error_px, min_iou)
 
 
 def run_compact(source: str, out: str, config: str | None, max_error_px: float | None,
@@ -41,5 +47,6 @@ def run_compact(source: str, out: str, config: str | None, max_error_px: float |
         tolerance(max_error_px, min_iou)
     if not is_table(source):
         check_before_start(recipe, out, None)
-    return compact_flow(source=source, out=out, config=config, max_error_px=max_error_px,
-                        min_iou=min_iou)
+    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
+        return compact_flow.with_options(task_runner=flow_runner(recipe))(
+            source=source, out=out, config=config, max_error_px=max_error_px, min_iou=min_iou)

@@ -11,12 +11,12 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import stage_runner
+from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
 from tasks import progress
 from tasks.batch import failed_record, finish_batch, plan_batch
 from tasks.clip import process_clip_uris
 from tasks.errors import StorageError
-from tasks.recipe import load_recipe
+from tasks.recipe import Recipe, load_recipe
 
 
 def _storage_failure(task, task_run, state) -> bool:
@@ -37,18 +37,18 @@ process_clip = task(process_clip_uris, name="clip", task_run_name="{mode} {clip.
 write_items = task(finish_batch, name="write-items", **_io)
 
 
-@flow(name="preannotate-convert", log_prints=True)
-def convert_flow(uri: str, out: str, config: str | None = None,
-                 mode: Literal["ingest", "convert"] = "convert") -> dict[str, Any]:
-    """Ingest (probe, fingerprint) or convert every clip under ``uri`` into ``out``."""
+def convert_stage(uri: str, out: str, recipe: Recipe,
+                  mode: Literal["ingest", "convert"] = "convert") -> dict[str, Any]:
+    """Ingest (probe, fingerprint) or convert every clip under ``uri`` into ``out``: one task
+    per clip, ``run.max_parallel_clips`` at once, within the current flow."""
     logger = get_run_logger()
-    recipe = load_recipe(config)
     clips = list_clips(uri, out, recipe)
     logger.info("%d clip(s) listed under %s", len(clips), uri)
     watching = progress.current()
     if watching:
         watching.expect("convert", [c.source_uri for c in clips])
-    futures = [process_clip.submit(clip, uri, out, recipe, mode) for clip in clips]
+    futures = submit_bounded(process_clip, [(clip, uri, out, recipe, mode) for clip in clips],
+                             stage_limit(recipe, recipe.run.max_parallel_clips))
     records = []
     for clip, future in zip(clips, futures):
         try:
@@ -64,8 +64,16 @@ def convert_flow(uri: str, out: str, config: str | None = None,
     return summary.to_dict()
 
 
+@flow(name="preannotate-convert", log_prints=True)
+def convert_flow(uri: str, out: str, config: str | None = None,
+                 mode: Literal["ingest", "convert"] = "convert") -> dict[str, Any]:
+    """Ingest (probe, fingerprint) or convert every clip under ``uri`` into ``out``."""
+    return convert_stage(uri, out, load_recipe(config), mode)
+
+
 def run_convert(uri: str, out: str, config: str | None, mode: str) -> dict[str, Any]:
     """Run the flow with the recipe's clip parallelism (the CLI's entry point)."""
     recipe = load_recipe(config)  # fails here, before Prefect starts, on a bad recipe
-    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
-    return convert_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config, mode=mode)
+    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
+        return convert_flow.with_options(task_runner=flow_runner(recipe))(
+            uri=uri, out=out, config=config, mode=mode)

@@ -10,31 +10,30 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.convert import _io, convert_flow
-from flows.runners import stage_runner
+from flows.convert import _io, convert_stage
+from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
 from tasks import progress
 from tasks.detect import (converted_records, detect_clip_uri, is_converted, make_detector,
                           write_detections_uri)
-from tasks.recipe import load_recipe
+from tasks.recipe import Recipe, load_recipe
 
 detect_clip = task(detect_clip_uri, name="detect", task_run_name="detect {record[clip_name]}", **_io)
 write_detections = task(write_detections_uri, name="write-detections", **_io)
 
 
-@flow(name="preannotate-detect", log_prints=True)
-def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]:
-    """Detections for every converted clip under ``uri`` into ``out/detections.parquet``."""
+def detect_stage(uri: str, out: str, recipe: Recipe) -> dict[str, Any]:
+    """Convert what is not converted yet, then detections for every converted clip into
+    ``out/detections.parquet``: one task per clip, within the current flow."""
     logger = get_run_logger()
-    recipe = load_recipe(config)
     make_detector(recipe)  # a bad backend or option fails here, before any clip
-    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
-    converted = convert_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config)
+    converted = convert_stage(uri, out, recipe)
     records = converted_records(out, recipe)
     todo = [r for r in records if is_converted(r)]
-    futures = [detect_clip.submit(r, out, recipe) for r in todo]
     watching = progress.current()
     if watching:
         watching.expect("detect", [r["source_uri"] for r in todo])
+    futures = submit_bounded(detect_clip, [(r, out, recipe) for r in todo],
+                             stage_limit(recipe, recipe.run.max_parallel_clips))
     summaries, failed = [], []
     for record, future in zip(todo, futures):
         try:
@@ -52,13 +51,15 @@ def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]
         "failed": failed, "detections_uri": detections_uri}}
 
 
-def with_runner(recipe):
-    """``detect_flow`` running the recipe's number of clips at once."""
-    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
-    return detect_flow.with_options(task_runner=runner)
+@flow(name="preannotate-detect", log_prints=True)
+def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]:
+    """Detections for every converted clip under ``uri`` into ``out/detections.parquet``."""
+    return detect_stage(uri, out, load_recipe(config))
 
 
 def run_detect(uri: str, out: str, config: str | None) -> dict[str, Any]:
     recipe = load_recipe(config)  # a bad recipe or backend fails before Prefect starts
     make_detector(recipe)
-    return with_runner(recipe)(uri=uri, out=out, config=config)
+    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
+        return detect_flow.with_options(task_runner=flow_runner(recipe))(uri=uri, out=out,
+                                                                         config=config)

@@ -9,14 +9,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.compact import compact_flow, is_table
+from flows.compact import compact_stage, is_table
 from flows.convert import _io
-from flows.runners import stage_runner
+from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
 from flows.track import check_before_start
 from tasks import progress
 from tasks.detect import converted_records, is_converted
 from tasks.export import export_clip_uri, finish_uri, parse_formats
-from tasks.recipe import load_recipe
+from tasks.recipe import Recipe, load_recipe
 from tasks.review.handoff import enqueue_reviews
 from tasks.spans import frame_labels_uri
 
@@ -27,13 +27,13 @@ spans_to_frames = task(frame_labels_uri, name="spans-to-frame-labels", **_io)
 enqueue_review = task(enqueue_reviews, name="enqueue-review", **_io)
 
 
-@flow(name="preannotate-export", log_prints=True)
-def export_flow(uri: str, out: str, config: str | None = None, formats: list[str] | None = None,
-                spans: str | None = None) -> dict[str, Any]:
+def export_stage(uri: str, out: str, recipe: Recipe, config: str | None = None,
+                 formats: list[str] | None = None, spans: str | None = None) -> dict[str, Any]:
+    """Every stage up to compaction, then each converted clip's exports (one task per clip)
+    and the review tasks, within the current flow."""
     logger = get_run_logger()
-    recipe = load_recipe(config)
     formats = parse_formats(formats or recipe.export.formats)
-    upstream = compact_flow(source=uri, out=out, config=config)
+    upstream = compact_stage(uri, out, recipe)
     spans = spans or recipe.export.spans
     span_summary = spans_to_frames(out, recipe, spans) if spans else None
     records = [r for r in converted_records(out, recipe) if is_converted(r)]
@@ -42,9 +42,10 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
         for r in records:
             watching.finish("compact", r["source_uri"])
         watching.expect("export", [r["source_uri"] for r in records])
-    futures = [(r, export_clip.submit(r, out, recipe, formats)) for r in records]
+    futures = submit_bounded(export_clip, [(r, out, recipe, formats) for r in records],
+                             stage_limit(recipe, recipe.run.max_parallel_clips))
     clips, failed = [], []
-    for record, future in futures:
+    for record, future in zip(records, futures):
         try:
             clips.append(future.result())
         except Exception as e:  # reported; the other clips are exported
@@ -67,6 +68,12 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
         "unchanged": sum(not c["written"] for c in clips),
         "files": sum(len(v) for c in clips for v in c["files"].values()) +
         sum(len(v) for v in files.values()), "combined": files}}
+
+
+@flow(name="preannotate-export", log_prints=True)
+def export_flow(uri: str, out: str, config: str | None = None, formats: list[str] | None = None,
+                spans: str | None = None) -> dict[str, Any]:
+    return export_stage(uri, out, load_recipe(config), config, formats, spans)
 
 
 def check_export_args(recipe, uri: str, out: str, spans: str | None) -> None:
@@ -93,6 +100,6 @@ def run_export(uri: str, out: str, config: str | None, formats: str | None,
     recipe = load_recipe(config)
     chosen = parse_formats(formats) if formats else None
     check_export_args(recipe, uri, out, spans)
-    runner = stage_runner(recipe, recipe.run.max_parallel_clips)
-    return export_flow.with_options(task_runner=runner)(uri=uri, out=out, config=config,
-                                                        formats=chosen, spans=spans)
+    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
+        return export_flow.with_options(task_runner=flow_runner(recipe))(
+            uri=uri, out=out, config=config, formats=chosen, spans=spans)

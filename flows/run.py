@@ -18,8 +18,8 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.states import Completed, Failed
 
 from flows.convert import _io
-from flows.export import check_export_args, export_flow
-from flows.runners import scaled_out, stage_runner
+from flows.export import check_export_args, export_flow, export_stage
+from flows.runners import flow_runner, scaled_out, stage_runner
 from tasks import progress
 from tasks.recipe import load_recipe
 from tasks.report import artifact_rows, clip_preview_uri, clip_rows_uri, outcome_counts, outcome_line
@@ -70,6 +70,20 @@ def _artifact_key(row: dict[str, Any]) -> str:
     return f"clip-{slug}-{hashlib.blake2b(row['clip'].encode(), digest_size=3).hexdigest()}"
 
 
+def _stages(uri: str, out: str, recipe, config: str | None) -> dict[str, Any]:
+    """Every stage's tasks in this flow run when it runs on the recipe's task runner (the
+    CLI starts it so); otherwise (a deployment started on Prefect's default runner with a Dask
+    or Ray recipe) in one nested flow on the cluster's runner."""
+    from prefect.context import FlowRunContext
+
+    wanted = type(stage_runner(recipe, 1))
+    here = FlowRunContext.get()
+    if here is not None and isinstance(here.task_runner, wanted):
+        return export_stage(uri, out, recipe, config)
+    return export_flow.with_options(task_runner=flow_runner(recipe))(uri=uri, out=out,
+                                                                     config=config)
+
+
 @flow(name="preannotate-run", log_prints=True)
 def run_flow(uri: str, out: str, config: str | None = None):
     """Every stage on every clip under ``uri`` into ``out``; ends Completed (blocked clips
@@ -84,9 +98,7 @@ def run_flow(uri: str, out: str, config: str | None = None):
     bar = _ProgressArtifact(watching)
     try:
         with scaled_out(recipe):
-            export = export_flow.with_options(
-                task_runner=stage_runner(recipe, recipe.run.max_parallel_clips))
-            summary = export(uri=uri, out=out, config=config)
+            summary = _stages(uri, out, recipe, config)
             rows = clip_rows_uri(out, recipe, summary)
             done = [r for r in rows if r["status"] == "done"]
             futures = [(r, clip_preview.submit(r, out, recipe)) for r in done]
@@ -121,7 +133,9 @@ def run_pipeline(uri: str, out: str, config: str | None = None) -> dict[str, Any
     summary whatever the final state (the counts say what happened)."""
     recipe = load_recipe(config)
     check_export_args(recipe, uri, out, None)
-    state = run_flow(uri=uri, out=out, config=config, return_state=True)
+    with scaled_out(recipe):
+        state = run_flow.with_options(task_runner=flow_runner(recipe))(
+            uri=uri, out=out, config=config, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):  # the run itself broke, not a clip
         raise result

@@ -385,3 +385,27 @@ def _ray_address(ray, address: str | None) -> str:
     if address is not None and address.startswith("ray://"):
         return address  # Ray Client: the runtime context has no GCS address here
     return ray.get_runtime_context().gcs_address
+
+
+def flow_runner(recipe: Recipe) -> TaskRunner:
+    """The task runner of a command's one flow: every stage's tasks run on it, so its pool
+    holds the largest of the stages' limits (each stage keeps its own with `submit_bounded`)."""
+    return stage_runner(recipe, max(recipe.run.max_parallel_clips, recipe.track.max_parallel))
+
+
+def submit_bounded(task, calls: list[tuple], limit: int | None) -> list:
+    """Submit ``task`` once per argument tuple in ``calls``, with at most ``limit`` of them
+    unfinished at a time on the thread runner (a stage's own limit within the flow's
+    pool: clips at once for conversion, objects at once for tracking). On Dask or Ray the
+    cluster's size is the limit. Returns the futures in call order."""
+    futures: list = []
+    for i, args in enumerate(calls):
+        if limit and i >= limit:
+            futures[i - limit].wait()  # every earlier one was waited for: <= limit pending
+        futures.append(task.submit(*args))
+    return futures
+
+
+def stage_limit(recipe: Recipe, threads: int) -> int | None:
+    """A stage's concurrency limit: ``threads`` on the thread runner, none on a cluster."""
+    return threads if recipe.run.task_runner == "thread" else None

@@ -9,11 +9,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.convert import _io
-from flows.detect import with_runner as detect_with_runner
-from flows.runners import stage_runner
+from flows.detect import detect_stage
+from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
 from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
-from tasks.recipe import load_recipe
+from tasks.recipe import Recipe, load_recipe
 from tasks.storage import open_location
 from tasks.track import (assemble_clip_uri, load_keyframes, plan_clip_uri, review_clip_uri,
                          run_object_uri, track_key, write_tracks_uri)
@@ -27,14 +27,14 @@ apply_review = task(review_clip_uri, name="apply-review",
 write_tracks = task(write_tracks_uri, name="write-tracks", **_io)
 
 
-@flow(name="preannotate-track", log_prints=True)
-def track_flow(uri: str, out: str, config: str | None = None,
-               keyframes: str | None = None) -> dict[str, Any]:
+def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None) -> dict[str, Any]:
+    """Detect what is not detected yet, plan each clip's objects and run one task per object
+    (``track.max_parallel`` at once; its chunks run in order inside it, each persisted),
+    within the current flow."""
     logger = get_run_logger()
-    recipe = load_recipe(config)
     digest = load_keyframes(keyframes, open_location(out, recipe.storage))[1] if keyframes else None
     key = track_key(recipe, digest)
-    detected = detect_with_runner(recipe)(uri=uri, out=out, config=config)
+    detected = detect_stage(uri, out, recipe)
     broken = {f["clip"] for f in detected["detect"]["failed"]}
     records = converted_records(out, recipe)
     todo = [r for r in records if is_converted(r) and r["output_uri"] not in broken]
@@ -51,12 +51,15 @@ def track_flow(uri: str, out: str, config: str | None = None,
             failed.append({"unit": what, "error": f"{type(e).__name__}: {e}"})
             return None
 
-    plans = [settle(plan_clip.submit(r, out, recipe, keyframes, key), f"plan {r['output_uri']}")
-             for r in todo]
-    objects = [(r, p, tid, run_object.submit(r, out, recipe, key, tid))
-               for r, p in zip(todo, plans) if p for tid in p["objects"]]
+    clips_at_once = stage_limit(recipe, recipe.run.max_parallel_clips)
+    planned = submit_bounded(plan_clip, [(r, out, recipe, keyframes, key) for r in todo],
+                             clips_at_once)
+    plans = [settle(f, f"plan {r['output_uri']}") for r, f in zip(todo, planned)]
+    units = [(r, tid) for r, p in zip(todo, plans) if p for tid in p["objects"]]
+    futures = submit_bounded(run_object, [(r, out, recipe, key, tid) for r, tid in units],
+                             stage_limit(recipe, recipe.track.max_parallel))
     broken_clips: set[str] = set()
-    for record, _, tid, future in objects:
+    for (record, tid), future in zip(units, futures):
         if settle(future, f"track {record['output_uri']} #{tid}") is None:
             broken_clips.add(record["output_uri"])
     summaries, applied = [], []
@@ -88,6 +91,12 @@ def track_flow(uri: str, out: str, config: str | None = None,
         "reviews_applied": applied}}
 
 
+@flow(name="preannotate-track", log_prints=True)
+def track_flow(uri: str, out: str, config: str | None = None,
+               keyframes: str | None = None) -> dict[str, Any]:
+    return track_stage(uri, out, load_recipe(config), keyframes)
+
+
 def _check_tracker(recipe) -> None:
     from models import registry
     from tasks.errors import ConfigError
@@ -107,12 +116,9 @@ def check_before_start(recipe, out: str, keyframes: str | None) -> None:
         load_keyframes(keyframes, open_location(out, recipe.storage))
 
 
-def with_runner(recipe):
-    """The track flow with the recipe's concurrency (objects tracked at once)."""
-    return track_flow.with_options(task_runner=stage_runner(recipe, recipe.track.max_parallel))
-
-
 def run_track(uri: str, out: str, config: str | None, keyframes: str | None) -> dict[str, Any]:
     recipe = load_recipe(config)
     check_before_start(recipe, out, keyframes)
-    return with_runner(recipe)(uri=uri, out=out, config=config, keyframes=keyframes)
+    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
+        return track_flow.with_options(task_runner=flow_runner(recipe))(
+            uri=uri, out=out, config=config, keyframes=keyframes)

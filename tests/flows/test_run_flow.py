@@ -61,9 +61,15 @@ def _run(data: Path, out: Path, config: Path):
     return state, state.result(raise_on_failure=False)
 
 
-def test_run_shows_what_happened_in_the_ui(prefect_harness, data):
-    out = data / "ui"
-    state, result = _run(data, out, _recipe(data, "ui"))
+@pytest.fixture(scope="module")
+def thread_run(prefect_harness, data):
+    out = data / "thread"
+    state, result = _run(data, out, _recipe(data, "thread"))
+    return state, result, out
+
+
+def test_run_shows_what_happened_in_the_ui(thread_run):
+    state, result, out = thread_run
     assert state.is_completed() and state.message == "2 done, 1 blocked, 0 failed clip(s)"
     assert result["outcomes"] == {"done": 2, "blocked": 1, "failed": 0}
     artifacts = _artifacts(state.state_details.flow_run_id)
@@ -129,6 +135,22 @@ def test_rerun_does_no_work_twice_and_a_changed_recipe_redoes_only_what_it_affec
     retracked = _recipe(data, "retracked", track={"frames_per_execution": 7})
     _, changed = _run(data, out, retracked)
     assert changed["detect"]["skipped"] == 2 and changed["track"]["reused"] == 0
+
+
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+def test_dask_and_ray_runners_give_the_thread_runners_outputs(prefect_harness, data, thread_run,
+                                                              runner):
+    """The same flow on a local cluster of 2 worker processes, chosen in the recipe only."""
+    from flows.run import run_pipeline
+
+    out = data / runner
+    config = _recipe(data, runner, run={"task_runner": runner, "workers": 2})
+    result = run_pipeline(str(data / "data"), str(out), str(config))
+    assert result["state"] == "COMPLETED" and result["outcomes"] == thread_run[1]["outcomes"]
+    expected, got = _comparable(thread_run[2]), _comparable(out)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == expected[name], name
 
 
 # --- kill -9 at several points --------------------------------------------------------------
