@@ -23,7 +23,10 @@ to quote is the median per-pair ratio a / b - 1: the orchestration overhead (goa
     thread runner and on `run.task_runner: dask` with 2 worker processes, alternating; wall
     times and their ratio (the Dask time includes starting its local cluster).
 
-    python -m benchmarks.end_to_end [--pairs 3] [--runner-pairs 2]
+    python -m benchmarks.end_to_end [--pairs 3] [--runner-pairs 2] [--loops N]
+
+``--loops N`` plays each sample N times back to back (packets copied, `benchmarks.media`):
+the same content, N times the frames, to see how the overhead scales with the work.
 
 Results are printed and written as JSON to ``benchmarks/_work/end_to_end.json``.
 """
@@ -144,10 +147,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--runner-pairs", type=int, default=2)
+    parser.add_argument("--loops", type=int, default=1)
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     dataset = str(sample_dir())
+    if args.loops > 1:
+        from benchmarks.media import loop_clip
+
+        looped = WORK / "looped"
+        for clip in sorted(Path(dataset).glob("*.mp4")):
+            loop_clip(clip, looped / clip.name, args.loops)
+        dataset = str(looped)
     serial = write_recipe("serial", run={"max_parallel_clips": 1}, track={"max_parallel": 1})
     # Warm-up: imports, the Prefect server, numba's compile cache, OpenCV's first calls.
     flow_run(dataset, WORK / "warm-flow", serial)
@@ -183,7 +194,7 @@ def main() -> None:
               f"{got['dask']:.2f} s", flush=True)
 
     result = {
-        "clips": 4, "frames": frames,
+        "clips": 4, "frames": frames, "loops": args.loops,
         "flow_s": round(flow_s, 3), "stages_alone_s": round(alone_s, 3),
         "overhead": round(overhead, 4),
         "flow_fps": round(frames / flow_s, 2), "stages_alone_fps": round(frames / alone_s, 2),
@@ -195,7 +206,8 @@ def main() -> None:
     }
     result["dask_over_thread"] = round(result["dask_2_workers_s"] / result["thread_s"], 3)
     print(json.dumps(result, indent=2))
-    (WORK.parent / "end_to_end.json").write_text(json.dumps(result, indent=2))
+    name = "end_to_end.json" if args.loops == 1 else f"end_to_end_x{args.loops}.json"
+    (WORK.parent / name).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

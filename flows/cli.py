@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     _report(summary, args.json)
-    failed = [f for stage in ("detect", "track", "export")
-              for f in (summary.get(stage) or {}).get("failed", [])]
-    if failed or (summary.get("outcomes") or {}).get("failed"):
+    from tasks.report import stage_failures
+
+    if stage_failures(summary) or (summary.get("outcomes") or {}).get("failed"):
         return EXIT_FAILED
     convert = summary.get("convert", summary if "counts" in summary else None)
     return EXIT_BLOCKED if convert and convert["counts"].get("blocked") else EXIT_OK
@@ -284,7 +284,7 @@ def _report(summary: dict, as_json: bool) -> None:
         print(f"review: {r['tasks']} task(s) per {r['unit']}, {r['new']} new, queue {r['queue']}")
     for stage in ("detect", "track", "export"):
         for f in (summary.get(stage) or {}).get("failed", []):
-            print(f"  {stage} failed: {f.get('clip') or f.get('unit')}: {f['error']}")
+            print(f"  {stage} failed: {f.get('unit') or f.get('clip')}: {f['error']}")
     if "outputs" in summary:  # `run`: what happened and where everything is
         from tasks.report import outcome_line
 

@@ -62,7 +62,7 @@ def export_stage(uri: str, out: str, recipe: Recipe, config: str | None = None,
                                     os.path.abspath(config) if config else None)
         except Exception as e:  # the exports are written; the queue is reported, not fatal
             logger.error("enqueueing review tasks failed: %s", e)
-            failed.append({"clip": "review queue", "error": f"{type(e).__name__}: {e}"})
+            failed.append({"unit": "review queue", "error": f"{type(e).__name__}: {e}"})
     return {**upstream, "spans": span_summary, "review": review, "export": {
         "formats": formats, "clips": len(clips), "failed": failed,
         "unchanged": sum(not c["written"] for c in clips),

@@ -19,10 +19,11 @@ from prefect.states import Completed, Failed
 
 from flows.convert import _io
 from flows.export import check_export_args, export_flow, export_stage
-from flows.runners import flow_runner, scaled_out, stage_runner
+from flows.runners import flow_runner, scaled_out, stage_limit, stage_runner, submit_bounded
 from tasks import progress
 from tasks.recipe import load_recipe
-from tasks.report import artifact_rows, clip_preview_uri, clip_rows_uri, outcome_counts, outcome_line
+from tasks.report import (artifact_rows, clip_preview_uri, clip_rows_uri, outcome_counts,
+                          outcome_line, stage_failures)
 
 clip_preview = task(clip_preview_uri, name="clip-previews",
                     task_run_name="previews {row[clip]}", **_io)
@@ -95,21 +96,27 @@ def run_flow(uri: str, out: str, config: str | None = None):
     if installed:
         watching = progress.RunProgress()
         progress.install(watching)
-    bar = _ProgressArtifact(watching)
+    bar = None
     try:
+        try:
+            bar = _ProgressArtifact(watching)
+        except Exception as e:  # progress is for watching; never fail a run over it
+            logger.warning("no progress artifact: %s", e)
         with scaled_out(recipe):
             summary = _stages(uri, out, recipe, config)
             rows = clip_rows_uri(out, recipe, summary)
             done = [r for r in rows if r["status"] == "done"]
-            futures = [(r, clip_preview.submit(r, out, recipe)) for r in done]
+            futures = submit_bounded(clip_preview, [(r, out, recipe) for r in done],
+                                     stage_limit(recipe, recipe.run.max_parallel_clips))
             previews = {}
-            for row, future in futures:
+            for row, future in zip(done, futures):
                 try:
                     previews[row["clip"]] = future.result()
                 except Exception as e:  # previews are for watching; the outputs stand
                     logger.warning("previews of %s failed: %s", row["clip"], e)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if installed:
             progress.install(None)
     counts = outcome_counts(rows)
@@ -123,7 +130,10 @@ def run_flow(uri: str, out: str, config: str | None = None):
     result = {**summary, "outputs": out, "clips": rows, "outcomes": counts,
               "previews": {clip: p["files"] for clip, p in previews.items()}}
     logger.info("run finished: %s", line)
-    if counts["failed"]:
+    others = [f for f in stage_failures(summary) if not f.get("clip")]
+    if others:  # a failure that is no clip's (the review queue): the run failed too
+        line += "; " + "; ".join(f"{f['unit']} failed" for f in others)
+    if counts["failed"] or others:
         return Failed(message=line, data=result)
     return Completed(message=line, data=result)
 

@@ -398,11 +398,17 @@ def submit_bounded(task, calls: list[tuple], limit: int | None) -> list:
     unfinished at a time on the thread runner (a stage's own limit within the flow's
     pool: clips at once for conversion, objects at once for tracking). On Dask or Ray the
     cluster's size is the limit. Returns the futures in call order."""
+    import threading
+
     futures: list = []
-    for i, args in enumerate(calls):
-        if limit and i >= limit:
-            futures[i - limit].wait()  # every earlier one was waited for: <= limit pending
-        futures.append(task.submit(*args))
+    slots = threading.Semaphore(limit) if limit else None
+    for args in calls:
+        if slots is not None:
+            slots.acquire()  # a slot frees as soon as any running call ends
+        future = task.submit(*args)
+        if slots is not None:
+            future.add_done_callback(lambda _: slots.release())
+        futures.append(future)
     return futures
 
 

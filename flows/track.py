@@ -43,31 +43,32 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
     if watching:
         watching.expect("track", [r["source_uri"] for r in todo])
 
-    def settle(future, what: str):
+    def settle(future, what: str, record: dict[str, Any]):
         try:
             return future.result()
         except Exception as e:  # reported; the other objects and clips go on
             logger.error("%s failed: %s", what, e)
-            failed.append({"unit": what, "error": f"{type(e).__name__}: {e}"})
+            failed.append({"unit": what, "clip": record["output_uri"],
+                           "error": f"{type(e).__name__}: {e}"})
             return None
 
     clips_at_once = stage_limit(recipe, recipe.run.max_parallel_clips)
     planned = submit_bounded(plan_clip, [(r, out, recipe, keyframes, key) for r in todo],
                              clips_at_once)
-    plans = [settle(f, f"plan {r['output_uri']}") for r, f in zip(todo, planned)]
+    plans = [settle(f, f"plan {r['output_uri']}", r) for r, f in zip(todo, planned)]
     units = [(r, tid) for r, p in zip(todo, plans) if p for tid in p["objects"]]
     futures = submit_bounded(run_object, [(r, out, recipe, key, tid) for r, tid in units],
                              stage_limit(recipe, recipe.track.max_parallel))
     broken_clips: set[str] = set()
     for (record, tid), future in zip(units, futures):
-        if settle(future, f"track {record['output_uri']} #{tid}") is None:
+        if settle(future, f"track {record['output_uri']} #{tid}", record) is None:
             broken_clips.add(record["output_uri"])
     summaries, applied = [], []
     for record, plan in zip(todo, plans):
         if plan is None or record["output_uri"] in broken_clips:
             continue
         summary = settle(assemble_clip.submit(record, out, recipe, key, plan["objects"]),
-                         f"assemble {record['output_uri']}")
+                         f"assemble {record['output_uri']}", record)
         if summary is None:
             continue
         # A reviewer's corrections: the tracker again from their boxes (a no-op without a review).
@@ -76,7 +77,8 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
             reviewed = apply_review.submit(record, out, recipe, key).result()
         except Exception as e:  # reported; the clip keeps its machine tracks, the others go on
             logger.error("%s failed: %s", what, e)
-            failed.append({"unit": what, "error": f"{type(e).__name__}: {e}"})
+            failed.append({"unit": what, "clip": record["output_uri"],
+                           "error": f"{type(e).__name__}: {e}"})
             reviewed = None
         if reviewed is not None and reviewed["status"] == "applied":
             applied.append(reviewed)

@@ -106,15 +106,21 @@ def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> di
     rows = clip_keyframes(keyframes.cast(KEYFRAME_SCHEMA), record)
     # One class numbering for every clip's MOT files: the labels of the whole table.
     all_labels = sorted(set(keyframes["label"].to_pylist()))
-    digest = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], all_labels, EXPORT_VERSION)
+    base = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION)
     state_path = out.path(EXPORT_STATE_DIR, f"{clip_id_for(record['source_uri'])}.json")
     state = json.loads(read_bytes(out, state_path) or b"{}")
     clip = None
     written: dict[str, list[str]] = {}
     done: dict[str, Any] = {}
+    stale = [f for f in formats if f in state and state[f]["digest"] != _format_digest(
+        base, f, all_labels)]
+    if stale:  # forgotten before their files are replaced (a crash in between: written again)
+        state = {f: v for f, v in state.items() if f not in stale}
+        write_bytes_atomic(out, state_path, json.dumps(state, sort_keys=True).encode())
     for fmt in formats:
         if fmt == "parquet":
             continue
+        digest = _format_digest(base, fmt, all_labels)
         before = state.get(fmt)
         if before and before["digest"] == digest and all(
                 size_of(out, path) == size for path, size in before["sizes"].items()):
@@ -141,6 +147,15 @@ def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> di
             "tracks": len(set(rows["track_id"].to_pylist())), "keyframes": rows.num_rows,
             "files": written, "written": sorted(set(done) - set(unchanged)),
             "unchanged": unchanged}
+
+
+def _format_digest(base: str, fmt: str, labels: list[str]) -> str:
+    """What one format's files depend on: the clip (``base``) and, for MOT, whose class ids
+    number every clip's labels, the labels of the whole table."""
+    import hashlib
+
+    extra = "\x00".join(labels) if fmt == "mot" else ""
+    return hashlib.blake2b(f"{base}\x00{fmt}\x00{extra}".encode(), digest_size=16).hexdigest()
 
 
 def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[str, Any]]) -> dict:

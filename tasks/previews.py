@@ -449,6 +449,9 @@ def write_previews(out: Location, record: dict[str, Any], keyframes: pa.Table, d
         if (isinstance(state, dict) and state.get("digest") == digest
                 and all(size_of(out, path) is not None for path in paths.values())):
             return urls
+        # Forget the old digest before replacing the files: killed in between, a later run
+        # with that digest must not take the half-replaced previews for its own.
+        out.fs.rm(state_path)
     fps = record.get("output_fps_measured") or record.get("fps")
     write_bytes_atomic(out, paths["contact_sheet"], contact_sheet(out, record, keyframes))
     frame_count = int(record.get("output_frames") or 0)

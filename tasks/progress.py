@@ -39,11 +39,13 @@ class RunProgress:
 
     watchers: list[Watcher] = field(default_factory=list)
     units: dict[str, dict[str, _Unit]] = field(default_factory=lambda: {s: {} for s in STAGES})
+    expected: set[str] = field(default_factory=set)  # stages that said what they will do
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def expect(self, stage: str, units: list[str]) -> None:
         """The units ``stage`` will work on (known once the clips are listed)."""
         with self.lock:
+            self.expected.add(stage)
             for unit in units:
                 self.units[stage].setdefault(unit, _Unit())
         self._notify(stage, "")
@@ -74,15 +76,21 @@ class RunProgress:
 
     def fraction(self) -> float:
         """The whole run's progress in [0, 1]: every stage weighs the same, every unit of a
-        stage the same, a unit in progress by its frames."""
+        stage the same, a unit in progress by its frames. A stage that has not said what it
+        will do counts as many units as the largest stage so far (none done); one that
+        expects none (every clip blocked) is done."""
         with self.lock:
             known = [units for units in self.units.values() if units]
             if not known:
                 return 0.0
             clips = max(len(units) for units in known)
             total = 0.0
-            for units in self.units.values():
-                total += sum(u.fraction() for u in units.values()) / max(len(units), clips, 1)
+            for stage, units in self.units.items():
+                if stage in self.expected and not units:
+                    total += 1.0
+                    continue
+                size = len(units) if stage in self.expected else max(len(units), clips)
+                total += sum(u.fraction() for u in units.values()) / max(size, 1)
             return total / len(STAGES)
 
     def _notify(self, stage: str, unit: str) -> None:

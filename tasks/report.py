@@ -32,16 +32,19 @@ def _per_clip(table: pa.Table | None, distinct: str | None = None) -> Counter:
     return Counter((r, c) for r, c, _ in set(zip(*columns, table[distinct].to_pylist())))
 
 
+def stage_failures(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """Every failed unit of the run, with its stage: those of a clip name its WebM
+    (``clip``), the others (the review queue) only a ``unit``."""
+    return [{**f, "stage": stage} for stage in ("detect", "track", "export")
+            for f in (summary.get(stage) or {}).get("failed", [])]
+
+
 def _failures(summary: dict[str, Any]) -> dict[str, str]:
-    """WebM URL -> the first stage failure naming it (stage: error)."""
+    """WebM URL -> the first stage failure of that clip (stage: error)."""
     failed: dict[str, str] = {}
-    for stage in ("detect", "track", "export"):
-        for f in (summary.get(stage) or {}).get("failed", []):
-            what = f.get("clip") or f.get("unit") or ""
-            # Track units read "track URL #id", "plan URL", "apply review URL".
-            url = what.split(" ", 1)[1].rsplit(" #", 1)[0] if " " in what else what
-            url = url.removeprefix("review ")
-            failed.setdefault(url, f"{stage}: {f['error']}")
+    for f in stage_failures(summary):
+        if f.get("clip"):
+            failed.setdefault(f["clip"], f"{f['stage']}: {f['error']}")
     return failed
 
 

@@ -82,3 +82,16 @@ def test_install_returns_the_previous_one():
         assert run.unit("track", "a") == (3, None, False)
     finally:
         assert progress.install(None) is run
+
+
+def test_a_stage_with_nothing_to_do_is_done_and_stages_count_their_own_units():
+    run = RunProgress()
+    run.expect("convert", ["a", "b", "c"])
+    for unit in ("a", "b", "c"):
+        run.finish("convert", unit)
+    run.expect("detect", ["a", "b"])  # c was blocked
+    run.finish("detect", "a")
+    run.finish("detect", "b")
+    assert run.fraction() == pytest.approx(2 / len(STAGES))
+    run.expect("track", [])  # nothing to track: that stage is done
+    assert run.fraction() == pytest.approx(3 / len(STAGES))

@@ -35,7 +35,9 @@ def test_rows_outcomes_and_counts(tmp_path):
     write_table(out, out.path("tracks.parquet"), _rows([(0, 1), (0, 1), (0, 2), (1, 1)]))
     write_table(out, out.path("keyframes.parquet"), _rows([(0, 1), (0, 2), (0, 2), (1, 1)]))
     summary = {"review": {"per_clip": [["cam", 0, 1], ["cam", 1, 2]]},
-               "track": {"failed": [{"unit": "track /out/cam/4.webm #3", "error": "boom"}]}}
+               "track": {"failed": [{"unit": "track /out/cam/4.webm #3", "clip": "/out/cam/4.webm",
+                                     "error": "boom"}]},
+               "export": {"failed": [{"unit": "review queue", "error": "down"}]}}
     rows = clip_rows(out, summary)
     assert [(r["clip"], r["status"]) for r in rows] == [
         ("cam/0.mp4", "done"), ("cam/1.mp4", "done"), ("cam/2.mp4", "blocked"),
@@ -55,3 +57,13 @@ def test_rows_outcomes_and_counts(tmp_path):
 
 def test_no_items_no_rows(tmp_path):
     assert clip_rows(open_location(str(tmp_path)), {}) == []
+
+
+def test_stage_failures_keep_their_stage_and_clip():
+    from tasks.report import stage_failures
+
+    summary = {"detect": {"failed": [{"clip": "s3://b/out/a b.webm", "error": "E"}]},
+               "export": {"failed": [{"unit": "review queue", "error": "down"}]}}
+    assert stage_failures(summary) == [
+        {"clip": "s3://b/out/a b.webm", "error": "E", "stage": "detect"},
+        {"unit": "review queue", "error": "down", "stage": "export"}]
