@@ -5,8 +5,8 @@ Input: the bundled sample videos (`tasks.samples`), each its own recording, with
 recipe (`configs/demo.yaml`: HOG people detector at 640 px, CSRT tracker, every export
 format, review enqueue).
 
-(a) flow: `flows.run.run_pipeline` into a fresh OUT (Prefect's engine, nested stage flows,
-    one task per clip or object, previews and UI artifacts), one clip and one object at a
+(a) flow: `flows.run.run_pipeline` into a fresh OUT (Prefect's engine, one flow run whose
+    stages submit one task per clip or object, previews and UI artifacts), one clip and one object at a
     time (`run.max_parallel_clips: 1`, `track.max_parallel: 1`) so that it does the same
     serial work as (b).
 (b) stages alone: the same work as plain function calls in this process, stage after stage,
@@ -17,7 +17,10 @@ format, review enqueue).
 Pairs run side by side in one process in alternating order (a b, b a, ...) after a warm-up
 of each (the Prefect server starts once per process, as in a long-lived worker). The figure
 to quote is the median per-pair ratio a / b - 1: the orchestration overhead (goal: under
-10%). Frames/s is the clips' frames over the wall time.
+10%). Frames/s is the clips' frames over the wall time. Beside the wall time each run's CPU
+seconds are counted: this process's (every thread) and, for the flow, the embedded Prefect
+server's (a subprocess; read from /proc on Linux), the part of the overhead that competes
+with the work for the same cores.
 
 (c) runners: the same flow with the recipe's default parallelism (2 clips at once) on the
     thread runner and on `run.task_runner: dask` with 2 worker processes, alternating; wall
@@ -66,15 +69,34 @@ def write_recipe(name: str, **sections) -> Path:
     return path
 
 
-def flow_run(dataset: str, out: Path, config: Path) -> float:
+def server_cpu_s() -> float:
+    """CPU seconds the embedded Prefect server (this process's subprocess) has used so far;
+    0.0 where it cannot be read (another OS, or a configured PREFECT_API_URL)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    process = SubprocessASGIServer().server_process
+    try:
+        with open(f"/proc/{process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (AttributeError, OSError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def measured(fn, *args) -> tuple[dict[str, float], object]:
+    """Wall seconds, this process's CPU seconds and the Prefect server's, around one call."""
+    server, cpu, started = server_cpu_s(), time.process_time(), time.perf_counter()
+    value = fn(*args)
+    return {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu,
+            "server_cpu": server_cpu_s() - server}, value
+
+
+def flow_run(dataset: str, out: Path, config: Path) -> None:
     from flows.run import run_pipeline
 
     shutil.rmtree(out, ignore_errors=True)
-    started = time.perf_counter()
     result = run_pipeline(dataset, str(out), str(config))
-    elapsed = time.perf_counter() - started
     assert result["outcomes"]["done"] == 4 and not result["outcomes"]["failed"], result["outcomes"]
-    return elapsed
 
 
 def stages_alone(dataset: str, out_dir: Path, config: Path) -> tuple[float, dict[str, float]]:
@@ -171,15 +193,23 @@ def main() -> None:
         got = {}
         for which in order:
             if which == "flow":
-                got["flow"] = flow_run(dataset, WORK / "flow", serial)
+                got["flow"], _ = measured(flow_run, dataset, WORK / "flow", serial)
             else:
-                got["alone"], got["stages"] = stages_alone(dataset, WORK / "alone", serial)
+                got["alone"], (_, got["stages"]) = measured(stages_alone, dataset,
+                                                            WORK / "alone", serial)
+        got["overhead"] = got["flow"]["wall"] / got["alone"]["wall"] - 1
+        # CPU: the flow's process and its server against the stages' process (its server idles).
+        got["cpu_overhead"] = (got["flow"]["cpu"] + got["flow"]["server_cpu"]) / (
+            got["alone"]["cpu"] + got["alone"]["server_cpu"]) - 1
         pairs.append(got)
-        print(f"pair {i + 1}: flow {got['flow']:.2f} s, stages alone {got['alone']:.2f} s "
-              f"(overhead {got['flow'] / got['alone'] - 1:+.1%})", flush=True)
-    overhead = statistics.median(p["flow"] / p["alone"] - 1 for p in pairs)
-    flow_s = statistics.median(p["flow"] for p in pairs)
-    alone_s = statistics.median(p["alone"] for p in pairs)
+        print(f"pair {i + 1}: flow {got['flow']['wall']:.2f} s, stages alone "
+              f"{got['alone']['wall']:.2f} s (overhead {got['overhead']:+.1%}); CPU s: flow "
+              f"{got['flow']['cpu']:.1f} + server {got['flow']['server_cpu']:.1f}, alone "
+              f"{got['alone']['cpu']:.1f} (+{got['alone']['server_cpu']:.1f}; "
+              f"{got['cpu_overhead']:+.1%})", flush=True)
+    overheads = sorted(p["overhead"] for p in pairs)
+    flow_s = statistics.median(p["flow"]["wall"] for p in pairs)
+    alone_s = statistics.median(p["alone"]["wall"] for p in pairs)
 
     default = write_recipe("threads")
     dask = write_recipe("dask", run={"task_runner": "dask", "workers": 2})
@@ -188,23 +218,32 @@ def main() -> None:
         order = ("thread", "dask") if i % 2 == 0 else ("dask", "thread")
         got = {}
         for which in order:
-            got[which] = flow_run(dataset, WORK / which, default if which == "thread" else dask)
+            config = default if which == "thread" else dask
+            got[which] = measured(flow_run, dataset, WORK / which, config)[0]["wall"]
         runners.append(got)
         print(f"runners pair {i + 1}: thread {got['thread']:.2f} s, dask (2 workers) "
               f"{got['dask']:.2f} s", flush=True)
 
+    def median(values):
+        values = list(values)
+        return round(statistics.median(values), 4) if values else None
+
     result = {
         "clips": 4, "frames": frames, "loops": args.loops,
         "flow_s": round(flow_s, 3), "stages_alone_s": round(alone_s, 3),
-        "overhead": round(overhead, 4),
+        "overhead": median(overheads), "overhead_min": round(overheads[0], 4),
+        "overhead_max": round(overheads[-1], 4),
+        "cpu_overhead": median(p["cpu_overhead"] for p in pairs),
+        "server_cpu_s": median(p["flow"]["server_cpu"] for p in pairs),
         "flow_fps": round(frames / flow_s, 2), "stages_alone_fps": round(frames / alone_s, 2),
         "stage_seconds": {k: round(v, 3) for k, v in pairs[-1]["stages"].items()},
         "pairs": [{k: v for k, v in p.items() if k != "stages"} for p in pairs],
-        "thread_s": round(statistics.median(r["thread"] for r in runners), 3),
-        "dask_2_workers_s": round(statistics.median(r["dask"] for r in runners), 3),
+        "thread_s": median(r["thread"] for r in runners),
+        "dask_2_workers_s": median(r["dask"] for r in runners),
         "runner_pairs": runners,
     }
-    result["dask_over_thread"] = round(result["dask_2_workers_s"] / result["thread_s"], 3)
+    if runners:
+        result["dask_over_thread"] = round(result["dask_2_workers_s"] / result["thread_s"], 3)
     print(json.dumps(result, indent=2))
     name = "end_to_end.json" if args.loops == 1 else f"end_to_end_x{args.loops}.json"
     (WORK.parent / name).write_text(json.dumps(result, indent=2))

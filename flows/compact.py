@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow, task
 
 from flows.convert import _io
-from flows.runners import flow_runner, scaled_out
+from flows.runners import run_command
 from flows.track import check_before_start, track_stage
 from tasks.compact import compact_uri, tolerance
 from tasks.recipe import Recipe, load_recipe
@@ -47,6 +47,5 @@ def run_compact(source: str, out: str, config: str | None, max_error_px: float |
         tolerance(max_error_px, min_iou)
     if not is_table(source):
         check_before_start(recipe, out, None)
-    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
-        return compact_flow.with_options(task_runner=flow_runner(recipe))(
-            source=source, out=out, config=config, max_error_px=max_error_px, min_iou=min_iou)
+    return run_command(compact_flow, recipe, source=source, out=out, config=config,
+                       max_error_px=max_error_px, min_iou=min_iou)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
+from flows.runners import run_command, stage_limit, submit_bounded
 from tasks import progress
 from tasks.batch import failed_record, finish_batch, plan_batch
 from tasks.clip import process_clip_uris
@@ -74,6 +74,4 @@ def convert_flow(uri: str, out: str, config: str | None = None,
 def run_convert(uri: str, out: str, config: str | None, mode: str) -> dict[str, Any]:
     """Run the flow with the recipe's clip parallelism (the CLI's entry point)."""
     recipe = load_recipe(config)  # fails here, before Prefect starts, on a bad recipe
-    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
-        return convert_flow.with_options(task_runner=flow_runner(recipe))(
-            uri=uri, out=out, config=config, mode=mode)
+    return run_command(convert_flow, recipe, uri=uri, out=out, config=config, mode=mode)

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.convert import _io, convert_stage
-from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
+from flows.runners import run_command, stage_limit, submit_bounded
 from tasks import progress
 from tasks.detect import (converted_records, detect_clip_uri, is_converted, make_detector,
                           write_detections_uri)
@@ -60,6 +60,4 @@ def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]
 def run_detect(uri: str, out: str, config: str | None) -> dict[str, Any]:
     recipe = load_recipe(config)  # a bad recipe or backend fails before Prefect starts
     make_detector(recipe)
-    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
-        return detect_flow.with_options(task_runner=flow_runner(recipe))(uri=uri, out=out,
-                                                                         config=config)
+    return run_command(detect_flow, recipe, uri=uri, out=out, config=config)

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.compact import compact_stage, is_table
 from flows.convert import _io
-from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
+from flows.runners import run_command, stage_limit, submit_bounded
 from flows.track import check_before_start
 from tasks import progress
 from tasks.detect import converted_records, is_converted
@@ -100,6 +100,5 @@ def run_export(uri: str, out: str, config: str | None, formats: str | None,
     recipe = load_recipe(config)
     chosen = parse_formats(formats) if formats else None
     check_export_args(recipe, uri, out, spans)
-    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
-        return export_flow.with_options(task_runner=flow_runner(recipe))(
-            uri=uri, out=out, config=config, formats=chosen, spans=spans)
+    return run_command(export_flow, recipe, uri=uri, out=out, config=config, formats=chosen,
+                       spans=spans)

@@ -19,7 +19,8 @@ from prefect.states import Completed, Failed
 
 from flows.convert import _io
 from flows.export import check_export_args, export_flow, export_stage
-from flows.runners import flow_runner, scaled_out, stage_limit, stage_runner, submit_bounded
+from flows.runners import (flow_runner, run_command, scaled_out, stage_limit, stage_runner,
+                           submit_bounded)
 from tasks import progress
 from tasks.recipe import load_recipe
 from tasks.report import (artifact_rows, clip_preview_uri, clip_rows_uri, outcome_counts,
@@ -143,9 +144,7 @@ def run_pipeline(uri: str, out: str, config: str | None = None) -> dict[str, Any
     summary whatever the final state (the counts say what happened)."""
     recipe = load_recipe(config)
     check_export_args(recipe, uri, out, None)
-    with scaled_out(recipe):
-        state = run_flow.with_options(task_runner=flow_runner(recipe))(
-            uri=uri, out=out, config=config, return_state=True)
+    state = run_command(run_flow, recipe, uri=uri, out=out, config=config, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):  # the run itself broke, not a clip
         raise result

@@ -10,20 +10,20 @@ from prefect import flow, get_run_logger, task
 
 from flows.convert import _io
 from flows.detect import detect_stage
-from flows.runners import flow_runner, scaled_out, stage_limit, submit_bounded
+from flows.runners import run_command, stage_limit, submit_bounded
 from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import Recipe, load_recipe
 from tasks.storage import open_location
-from tasks.track import (assemble_clip_uri, load_keyframes, plan_clip_uri, review_clip_uri,
-                         run_object_uri, track_key, write_tracks_uri)
+from tasks.track import (finish_clip_uri, load_keyframes, plan_clip_uri, run_object_uri,
+                         track_key, write_tracks_uri)
 
 plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
 run_object = task(run_object_uri, name="track-object",
                   task_run_name="track {record[clip_name]} #{track_id}", **_io)
-assemble_clip = task(assemble_clip_uri, name="assemble-tracks", **_io)
-apply_review = task(review_clip_uri, name="apply-review",
-                    task_run_name="apply review {record[clip_name]}", **_io)
+# The clip's tracks table, then its reviewer's corrections (a no-op without a review).
+finish_clip = task(finish_clip_uri, name="assemble-tracks",
+                   task_run_name="assemble {record[clip_name]}", **_io)
 write_tracks = task(write_tracks_uri, name="write-tracks", **_io)
 
 
@@ -63,23 +63,20 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
     for (record, tid), future in zip(units, futures):
         if settle(future, f"track {record['output_uri']} #{tid}", record) is None:
             broken_clips.add(record["output_uri"])
+    ready = [(r, p) for r, p in zip(todo, plans) if p and r["output_uri"] not in broken_clips]
+    futures = submit_bounded(finish_clip, [(r, out, recipe, key, p["objects"]) for r, p in ready],
+                             clips_at_once)
     summaries, applied = [], []
-    for record, plan in zip(todo, plans):
-        if plan is None or record["output_uri"] in broken_clips:
+    for (record, _), future in zip(ready, futures):
+        finished = settle(future, f"assemble {record['output_uri']}", record)
+        if finished is None:
             continue
-        summary = settle(assemble_clip.submit(record, out, recipe, key, plan["objects"]),
-                         f"assemble {record['output_uri']}", record)
-        if summary is None:
-            continue
-        # A reviewer's corrections: the tracker again from their boxes (a no-op without a review).
-        what = f"apply review {record['output_uri']}"
-        try:
-            reviewed = apply_review.submit(record, out, recipe, key).result()
-        except Exception as e:  # reported; the clip keeps its machine tracks, the others go on
-            logger.error("%s failed: %s", what, e)
+        summary, reviewed = finished["tracks"], finished["review"]
+        if finished["review_error"]:  # reported; the clip keeps its machine tracks
+            what = f"apply review {record['output_uri']}"
+            logger.error("%s failed: %s", what, finished["review_error"])
             failed.append({"unit": what, "clip": record["output_uri"],
-                           "error": f"{type(e).__name__}: {e}"})
-            reviewed = None
+                           "error": finished["review_error"]})
         if reviewed is not None and reviewed["status"] == "applied":
             applied.append(reviewed)
         summaries.append(summary)
@@ -121,6 +118,4 @@ def check_before_start(recipe, out: str, keyframes: str | None) -> None:
 def run_track(uri: str, out: str, config: str | None, keyframes: str | None) -> dict[str, Any]:
     recipe = load_recipe(config)
     check_before_start(recipe, out, keyframes)
-    with scaled_out(recipe):  # one cluster for every stage (Dask, Ray), when the recipe says so
-        return track_flow.with_options(task_runner=flow_runner(recipe))(
-            uri=uri, out=out, config=config, keyframes=keyframes)
+    return run_command(track_flow, recipe, uri=uri, out=out, config=config, keyframes=keyframes)

@@ -47,7 +47,7 @@ from tasks import progress
 from tasks.associate import associate
 from tasks.detect import STATE_DIR as DETECT_DIR
 from tasks.detect import open_webm
-from tasks.errors import ConfigError, PipelineError
+from tasks.errors import ConfigError, PipelineError, StorageError
 from tasks.frames import FrameReader, Timeline
 from tasks.ingest import clip_id_for
 from tasks.recipe import Recipe
@@ -692,6 +692,25 @@ def assemble_clip_uri(record, out_uri: str, recipe: Recipe, key: str, objects: l
 
 def review_clip_uri(record, out_uri: str, recipe: Recipe, key: str):
     return review_clip(record, _out(out_uri, recipe), recipe, key)
+
+
+def finish_clip_uri(record, out_uri: str, recipe: Recipe, key: str,
+                    objects: list[int]) -> dict[str, Any]:
+    """A clip's tracks table from its objects (`assemble_clip`), then its review applied
+    (`review_clip`), as one unit: ``{"tracks": summary, "review": summary or None,
+    "review_error": None or why}``. A review that cannot be applied is a verdict, not a
+    failure of the unit: the clip keeps its machine tracks; only a store failure raises
+    (and is retried)."""
+    out = _out(out_uri, recipe)
+    tracks = assemble_clip(record, out, key, objects)
+    review, error = None, None
+    try:
+        review = review_clip(record, out, recipe, key)
+    except StorageError:
+        raise
+    except Exception as e:  # reported by the flow; the other clips go on
+        error = f"{type(e).__name__}: {e}"
+    return {"tracks": tracks, "review": review, "review_error": error}
 
 
 def write_tracks_uri(out_uri: str, recipe: Recipe, summaries, records, key: str) -> str:

@@ -279,6 +279,25 @@ def test_a_different_runner_inside_a_cluster_is_refused(monkeypatch):
             pass
 
 
+def test_heartbeats_only_where_a_server_outlives_the_run():
+    from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+                                  get_current_settings, temporary_settings)
+
+    def heartbeat():
+        return get_current_settings().flows.heartbeat_frequency
+
+    # No configured API: the server is this process's temporary one, gone with it.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with runners._heartbeats_where_watched():
+            assert heartbeat() is None
+        assert heartbeat() == 180
+    # A configured server: Prefect's setting, the user's included, applies unchanged.
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api",
+                                     PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}):
+        with runners._heartbeats_where_watched():
+            assert heartbeat() == 45
+
+
 # --- trap 1 without a configured API: one temporary server for the run -----------------
 
 EPHEMERAL = """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import av
 import numpy as np
@@ -20,7 +21,7 @@ from configs import recipe_path
 from tasks.batch import run_batch
 from tasks.boxmath import iou_pairs
 from tasks.detect import detect_clip, make_detector, state_paths, write_detections
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, StorageError
 from tasks.items import read_items
 from tasks.recipe import parse_recipe
 from tasks.storage import open_location
@@ -215,6 +216,33 @@ def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_
     assert "replay" not in caplog.text  # rebuilt by replay, not restarted
     assert pq.read_table(f"{base}/objects/7.parquet").equals(uninterrupted)
     assert not (tmp_path / "out").joinpath(base, "objects", "7").exists()  # chunk files merged
+
+
+def test_a_review_that_cannot_be_applied_leaves_the_machine_tracks_and_says_why(fresh_out, tmp_path):
+    from tasks.compact import compact_tracks
+    from tasks.review.corrections import diff_review, review_path, save_review
+    from tasks.track import finish_clip_uri
+
+    scene, out, record = fresh_out
+    recipe = _recipe()
+    detect_clip(record, out, recipe)
+    key, plan, machine = _track_all(out, record, recipe)
+    # The one unit assembles the clip and applies its review: no review, nothing to report.
+    plain = finish_clip_uri(record, str(tmp_path / "out"), recipe, key, plan["objects"])
+    assert plain["review"] is None and plain["review_error"] is None
+    assert plain["tracks"]["rows"] == machine.num_rows and plain["tracks"]["reused"]
+    # A review made on other tracking settings: its track ids mean other objects.
+    keyframes = compact_tracks(machine, max_error_px=1.0)
+    save_review(out, record, diff_review(keyframes, keyframes, scene.frames), 1, "other-settings")
+    got = finish_clip_uri(record, str(tmp_path / "out"), recipe, key, plan["objects"])
+    assert got["review"] is None and "other tracking settings (other-settings" in got["review_error"]
+    assert got["tracks"]["rows"] == machine.num_rows  # the machine's tracks stand
+    # A store that cannot be read is no verdict: it raises, for the task's retries.
+    path = Path(review_path(out, record))
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(StorageError):
+        finish_clip_uri(record, str(tmp_path / "out"), recipe, key, plan["objects"])
 
 
 @pytest.mark.parametrize("rows, message", [
