@@ -171,6 +171,8 @@ def main() -> None:
     parser.add_argument("--runner-pairs", type=int, default=2)
     parser.add_argument("--loops", type=int, default=1)
     args = parser.parse_args()
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     dataset = str(sample_dir())

@@ -15,15 +15,15 @@ from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import Recipe, load_recipe
 from tasks.storage import open_location
-from tasks.track import (finish_clip_uri, load_keyframes, plan_clip_uri, run_object_uri,
-                         track_key, write_tracks_uri)
+from tasks.track import (ReviewStorageError, finish_clip_uri, load_keyframes, plan_clip_uri,
+                         run_object_uri, track_key, write_tracks_uri)
 
 plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
 run_object = task(run_object_uri, name="track-object",
                   task_run_name="track {record[clip_name]} #{track_id}", **_io)
 # The clip's tracks table, then its reviewer's corrections (a no-op without a review).
-finish_clip = task(finish_clip_uri, name="assemble-tracks",
-                   task_run_name="assemble {record[clip_name]}", **_io)
+finish_clip = task(finish_clip_uri, name="clip-tracks",
+                   task_run_name="tracks table + review {record[clip_name]}", **_io)
 write_tracks = task(write_tracks_uri, name="write-tracks", **_io)
 
 
@@ -43,13 +43,16 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
     if watching:
         watching.expect("track", [r["source_uri"] for r in todo])
 
+    def settle_error(e: BaseException, what: str, record: dict[str, Any]) -> None:
+        logger.error("%s failed: %s", what, e)  # reported; the other objects and clips go on
+        failed.append({"unit": what, "clip": record["output_uri"],
+                       "error": f"{type(e).__name__}: {e}"})
+
     def settle(future, what: str, record: dict[str, Any]):
         try:
             return future.result()
-        except Exception as e:  # reported; the other objects and clips go on
-            logger.error("%s failed: %s", what, e)
-            failed.append({"unit": what, "clip": record["output_uri"],
-                           "error": f"{type(e).__name__}: {e}"})
+        except Exception as e:
+            settle_error(e, what, record)
             return None
 
     clips_at_once = stage_limit(recipe, recipe.run.max_parallel_clips)
@@ -68,8 +71,12 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
                              clips_at_once)
     summaries, applied = [], []
     for (record, _), future in zip(ready, futures):
-        finished = settle(future, f"assemble {record['output_uri']}", record)
-        if finished is None:
+        try:
+            finished = future.result()
+        except ReviewStorageError as e:  # its table is assembled: the machine's tracks stand
+            finished = {"tracks": e.tracks, "review": None, "review_error": f"StorageError: {e}"}
+        except Exception as e:
+            settle_error(e, f"assemble {record['output_uri']}", record)
             continue
         summary, reviewed = finished["tracks"], finished["review"]
         if finished["review_error"]:  # reported; the clip keeps its machine tracks

@@ -686,12 +686,17 @@ def run_object_uri(record, out_uri: str, recipe: Recipe, key: str, track_id: int
     return run_object(record, _out(out_uri, recipe), recipe, key, track_id)
 
 
-def assemble_clip_uri(record, out_uri: str, recipe: Recipe, key: str, objects: list[int]):
-    return assemble_clip(record, _out(out_uri, recipe), key, objects)
+class ReviewStorageError(StorageError):
+    """The store failed while applying a clip's review, after its tracks table was assembled
+    (``tracks``, its summary): retried like any store failure; when retries run out the
+    clip keeps its machine tracks and the review is reported as not applied."""
 
+    def __init__(self, message: str, tracks: dict[str, Any]):
+        super().__init__(message, tracks)  # both in args, so it pickles (Dask, Ray)
+        self.tracks = tracks
 
-def review_clip_uri(record, out_uri: str, recipe: Recipe, key: str):
-    return review_clip(record, _out(out_uri, recipe), recipe, key)
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def finish_clip_uri(record, out_uri: str, recipe: Recipe, key: str,
@@ -699,15 +704,16 @@ def finish_clip_uri(record, out_uri: str, recipe: Recipe, key: str,
     """A clip's tracks table from its objects (`assemble_clip`), then its review applied
     (`review_clip`), as one unit: ``{"tracks": summary, "review": summary or None,
     "review_error": None or why}``. A review that cannot be applied is a verdict, not a
-    failure of the unit: the clip keeps its machine tracks; only a store failure raises
-    (and is retried)."""
+    failure of the unit: the clip keeps its machine tracks. A store failure while applying
+    it raises `ReviewStorageError` (retried, and it carries the tracks summary)."""
     out = _out(out_uri, recipe)
     tracks = assemble_clip(record, out, key, objects)
     review, error = None, None
     try:
         review = review_clip(record, out, recipe, key)
-    except StorageError:
-        raise
+    except StorageError as e:
+        raise ReviewStorageError(f"applying the review of {record['output_uri']}: {e}",
+                                 tracks) from e
     except Exception as e:  # reported by the flow; the other clips go on
         error = f"{type(e).__name__}: {e}"
     return {"tracks": tracks, "review": review, "review_error": error}

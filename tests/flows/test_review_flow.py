@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from configs import recipe_path
-from flows.cli import EXIT_OK, EXIT_USAGE, main
+from flows.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from flows.review import EXIT_LEASE_LOST
 from tasks.boxmath import iou_pairs
 from tasks.export import clip_info
@@ -167,3 +167,16 @@ def test_review_round_trip(exported, capsys, tmp_path):
     code, rebuilt = _review(capsys, "apply", "--out", str(out))
     assert code == EXIT_OK and rebuilt["rebuilt"]["results"] == 1
     assert (out / "keyframes.parquet").read_bytes() == before
+
+    # Other tracking settings: the review's track ids now mean other objects, so it is not
+    # applied. The run reports it (exit 1) and the clip keeps the machine's tracks.
+    changed = yaml.safe_load(config.read_text())
+    changed["track"]["frames_per_execution"] = changed["track"].get("frames_per_execution", 10) + 5
+    other = root / "other-tracking.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    assert main(["export", str(root / "data"), "--out", str(out), "--config", str(other)]) == EXIT_FAILED
+    printed = capsys.readouterr()
+    assert "apply review" in printed.out and "other tracking settings" in printed.out
+    tracks = pq.read_table(out / "tracks.parquet")
+    assert tracks.num_rows and set(tracks["source"].to_pylist()) <= {"detector", "tracker",
+                                                                     "interpolated"}

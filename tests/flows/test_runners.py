@@ -279,23 +279,42 @@ def test_a_different_runner_inside_a_cluster_is_refused(monkeypatch):
             pass
 
 
-def test_heartbeats_only_where_a_server_outlives_the_run():
+def test_heartbeats_only_where_a_server_outlives_the_run(monkeypatch):
+    from contextlib import contextmanager
+
     from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
                                   get_current_settings, temporary_settings)
 
     def heartbeat():
         return get_current_settings().flows.heartbeat_frequency
 
+    default = heartbeat()
+    assert default is not None
     # No configured API: the server is this process's temporary one, gone with it.
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with runners._heartbeats_where_watched():
             assert heartbeat() is None
-        assert heartbeat() == 180
+        assert heartbeat() == default
     # A configured server: Prefect's setting, the user's included, applies unchanged.
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api",
                                      PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}):
         with runners._heartbeats_where_watched():
             assert heartbeat() == 45
+
+    # A command decides before its cluster starts a temporary server and sets the API URL
+    # for the run (Dask, Ray): that server dies with the process too.
+    @contextmanager
+    def cluster_with_its_own_server(recipe):
+        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+            yield None
+
+    class Flow:  # what run_command calls: flow.with_options(task_runner=...)(**parameters)
+        def with_options(self, task_runner):
+            return lambda **parameters: (heartbeat(), parameters)
+
+    monkeypatch.setattr(runners, "scaled_out", cluster_with_its_own_server)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert runners.run_command(Flow(), _recipe(), uri="x") == (None, {"uri": "x"})
 
 
 # --- trap 1 without a configured API: one temporary server for the run -----------------

@@ -7,6 +7,7 @@ associated and tracked; quality floors below were measured on it (see the issue 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -221,7 +222,7 @@ def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_
 def test_a_review_that_cannot_be_applied_leaves_the_machine_tracks_and_says_why(fresh_out, tmp_path):
     from tasks.compact import compact_tracks
     from tasks.review.corrections import diff_review, review_path, save_review
-    from tasks.track import finish_clip_uri
+    from tasks.track import ReviewStorageError, finish_clip_uri
 
     scene, out, record = fresh_out
     recipe = _recipe()
@@ -237,12 +238,17 @@ def test_a_review_that_cannot_be_applied_leaves_the_machine_tracks_and_says_why(
     got = finish_clip_uri(record, str(tmp_path / "out"), recipe, key, plan["objects"])
     assert got["review"] is None and "other tracking settings (other-settings" in got["review_error"]
     assert got["tracks"]["rows"] == machine.num_rows  # the machine's tracks stand
-    # A store that cannot be read is no verdict: it raises, for the task's retries.
+    # A store that cannot be read is no verdict: it raises a StorageError, for the task's
+    # retries, carrying the assembled table's summary (the machine's tracks stand after them).
     path = Path(review_path(out, record))
     path.unlink()
     path.mkdir()
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="applying the review of") as raised:
         finish_clip_uri(record, str(tmp_path / "out"), recipe, key, plan["objects"])
+    assert isinstance(raised.value, ReviewStorageError)
+    again = pickle.loads(pickle.dumps(raised.value))  # as it comes back from Dask or Ray
+    assert again.tracks == raised.value.tracks and again.tracks["rows"] == machine.num_rows
+    assert str(again) == str(raised.value) and str(again).startswith("applying the review of")
 
 
 @pytest.mark.parametrize("rows, message", [
