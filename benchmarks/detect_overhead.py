@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.media import loop_clip, sample  # noqa: E402
 from tasks.batch import run_batch  # noqa: E402
-from tasks.detect import _model_size, detect_clip, make_detector, webm_path  # noqa: E402
+from tasks.detect import detect_clip, make_detector, webm_path  # noqa: E402
+from tasks.geometry import fit_within  # noqa: E402
 from tasks.items import read_items  # noqa: E402
 from tasks.recipe import load_recipe  # noqa: E402
 from tasks.storage import open_location  # noqa: E402
@@ -80,7 +81,7 @@ def reference(path: str, recipe) -> tuple[float, int, int]:
         size = None
         for frame in container.decode(stream):
             if size is None:
-                size = _model_size((frame.width, frame.height), recipe.detect.max_side)
+                size = fit_within((frame.width, frame.height), recipe.detect.max_side)
             image = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
             (found,) = detector.detect([image])
             boxes += len(found)
@@ -99,7 +100,7 @@ def main() -> None:
     record, out = converted(args.loops, recipe)
     path = webm_path(out, record)
     w, h = record["output_width"], record["output_height"]
-    model = _model_size((w, h), recipe.detect.max_side)
+    model = fit_within((w, h), recipe.detect.max_side)
     print(f"input: {record['output_frames']} frames {w}x{h} WebM; detector "
           f"{recipe.detect.backend} at {model[0]}x{model[1]}, batch {recipe.detect.batch_size}",
           flush=True)

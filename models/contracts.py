@@ -36,7 +36,11 @@ class Detector(Protocol):
     spec: DetectorSpec
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Boxes]:
-        """One `Boxes` per RGB frame (h, w, 3) uint8, in order."""
+        """One `Boxes` per RGB frame (h, w, 3) uint8, in order.
+
+        A backend that learns the scene (background subtraction) MAY also have
+        ``prime(frames)``: before the clip's first batch it is given frames spread over the
+        clip's first seconds, at the size ``detect`` will get."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ from tasks.ingest import clip_id_for
 
 from tasks.frames import FrameReader
 from tasks.probe import choose_video_stream, open_media
+from tasks.motion import CameraMotion
 from tasks.recipe import Recipe
+from tasks.shots import ANALYSIS_SIDE, CutFinder, write_shots
 from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
 from tasks.geometry import fit_within
 from tasks.tables import DETECTION_SCHEMA, concat, read_table, with_global_frame, write_table
@@ -72,6 +74,22 @@ def is_converted(record: dict[str, Any]) -> bool:
 def state_paths(out: Location, record: dict[str, Any]) -> tuple[str, str]:
     clip_id = clip_id_for(record["source_uri"])
     return out.path(STATE_DIR, f"{clip_id}.json"), out.path(STATE_DIR, f"{clip_id}.parquet")
+
+
+def motion_path(out: Location, record: dict[str, Any]) -> str:
+    """The clip's camera motion (one affine per frame), when the recipe measures it."""
+    return out.path(STATE_DIR, f"{clip_id_for(record['source_uri'])}.motion.parquet")
+
+
+def read_motion(out: Location, record: dict[str, Any]) -> np.ndarray | None:
+    """(frames, 2, 3) affines from `detect_clip`, or None when not measured."""
+    table = read_table(out, motion_path(out, record))
+    if table is None:
+        return None
+    return np.column_stack([table[c].to_numpy() for c in _MOTION_COLUMNS]).reshape(-1, 2, 3)
+
+
+_MOTION_COLUMNS = ("a00", "a01", "a02", "a10", "a11", "a12")
 
 
 def webm_path(out: Location, record: dict[str, Any]) -> str:
@@ -163,9 +181,13 @@ def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
     mapped = recipe.label_mapper().table(detector.spec.labels)
     columns = _Columns()
     path = webm_path(out, record)
+    if callable(getattr(detector, "prime", None)):
+        detector.prime(_priming_frames(out, path, recipe))
     frames = 0
+    analysis: _Analysis | None = None
     with progress.meter("detect", record["source_uri"], record.get("output_frames")) as meter:
         for batch in _batches(out, path, recipe):
+            analysis = batch.analysis or analysis
             results = detect_checked(detector, [s.image for s in batch.frames])
             for sampled, boxes in zip(batch.frames, results):
                 boxes = _to_webm_pixels(boxes, batch.scale, batch.size)
@@ -179,13 +201,52 @@ def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
                              f"proof counted {expected}; the WebM changed since conversion")
     table = columns.table(record)
     meta_path, table_path = state_paths(out, record)
-    write_table(out, table_path, table)  # the table first: the record marks it complete
+    write_table(out, table_path, table)  # the tables first: the record marks them complete
+    shots = analysis.cuts.shots() if analysis and analysis.cuts else []
+    if analysis and analysis.motion is not None:
+        affines = np.asarray(analysis.affines, np.float64).reshape(-1, 6)
+        write_table(out, motion_path(out, record), pa.table(
+            {name: affines[:, i] for i, name in enumerate(_MOTION_COLUMNS)}))
     meta = {"key": key, "webm": webm_identity(record), "frames": frames,
             "every_nth": recipe.detect.every_nth, "detections": table.num_rows,
-            "seconds": round(time.perf_counter() - started, 3)}
+            "shots": shots, "seconds": round(time.perf_counter() - started, 3)}
     write_bytes_atomic(out, meta_path, json.dumps(meta, sort_keys=True).encode())
     log.info("%s: %d detection(s) on %d frame(s)", record["output_uri"], table.num_rows, frames)
     return {**summary, **meta, "status": "detected"}
+
+
+_PRIME_FRAMES, _PRIME_SPAN_S = 40, 8.0
+
+
+def _priming_frames(out: Location, path: str, recipe: Recipe) -> list[np.ndarray]:
+    """Frames spread evenly over the clip's first seconds (up to its first shot cut), as
+    the model will see them."""
+    picked: list[np.ndarray] = []
+    cuts = CutFinder(recipe.shots) if recipe.shots.detector else None
+    index = 0
+    with open_webm_container(out, path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or Fraction(30)
+        span = int(float(rate) * _PRIME_SPAN_S)
+        step = max(1, span // _PRIME_FRAMES)
+        sampled: list[tuple[int, np.ndarray]] = []
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if index >= span:
+                    break
+                size = (frame.width, frame.height)
+                if cuts is not None:
+                    small = frame.to_ndarray(format="bgr24", width=fit_within(size, ANALYSIS_SIDE)[0],
+                                             height=fit_within(size, ANALYSIS_SIDE)[1])
+                    cuts.feed(index, 0.0, small)
+                if index % step == 0:
+                    w, h = fit_within(size, recipe.detect.max_side)
+                    sampled.append((index, frame.to_ndarray(format="rgb24", width=w, height=h)))
+        except Exception as e:  # FFmpeg error reading a file the parity proof accepted
+            raise MediaReadError(f"{out.url(path)}: decoding failed at frame {index}: {e}") from e
+    first_cut = cuts.shots()[0]["last"] + 1 if cuts is not None and cuts.shots() else None
+    picked = [image for i, image in sampled if first_cut is None or i < first_cut]
+    return picked
 
 
 def _to_webm_pixels(boxes: Boxes, scale: tuple[float, float], size: tuple[int, int]) -> Boxes:
@@ -233,11 +294,37 @@ class _Columns:
 
 
 @dataclass
+class _Analysis:
+    """What the decoder measures on every frame besides the model's input: shot cuts and,
+    when asked, the camera's motion (small copies of each frame, on the decoder thread)."""
+
+    cuts: CutFinder | None
+    motion: CameraMotion | None
+    affines: list = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.affines = []
+
+    @property
+    def wanted(self) -> bool:
+        return self.cuts is not None or self.motion is not None
+
+    def feed(self, index: int, seconds: float, frame, webm_size: tuple[int, int]) -> None:
+        w, h = fit_within(webm_size, ANALYSIS_SIDE)
+        rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
+        if self.cuts is not None:
+            self.cuts.feed(index, seconds, rgb[..., ::-1])  # PySceneDetect takes BGR
+        if self.motion is not None:
+            self.affines.append(self.motion.feed(rgb, webm_size))
+
+
+@dataclass
 class _Batch:
     frames: list[_Sampled]
     decoded: int                   # frames decoded so far (all, not only sampled)
     scale: tuple[float, float]     # model pixels -> WebM pixels
     size: tuple[int, int]          # WebM frame (width, height)
+    analysis: _Analysis | None = None  # on the last batch
 
 
 def _batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch]:
@@ -281,6 +368,8 @@ def _batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch]:
 
 def _decode_batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch]:
     cfg = recipe.detect
+    analysis = _Analysis(CutFinder(recipe.shots) if recipe.shots.detector else None,
+                         CameraMotion() if recipe.associate.camera_motion else None)
     with open_webm_container(out, path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -297,6 +386,8 @@ def _decode_batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch
                     webm_size = (frame.width, frame.height)
                     model_size = fit_within(webm_size, cfg.max_side)
                     scale = (webm_size[0] / model_size[0], webm_size[1] / model_size[1])
+                if analysis.wanted:
+                    analysis.feed(decoded, float(frame.pts * tb), frame, webm_size)
                 if decoded % cfg.every_nth == 0:
                     if model_size == webm_size:
                         image = frame.to_ndarray(format="rgb24")
@@ -313,7 +404,7 @@ def _decode_batches(out: Location, path: str, recipe: Recipe) -> Iterator[_Batch
             raise
         except Exception as e:  # FFmpeg error reading a file the parity proof accepted
             raise MediaReadError(f"{out.url(path)}: decoding failed at frame {decoded}: {e}") from e
-        yield _Batch(pending, decoded, scale, webm_size or (0, 0))
+        yield _Batch(pending, decoded, scale, webm_size or (0, 0), analysis)
 
 
 def write_detections(out: Location, summaries: list[dict[str, Any]],
@@ -360,4 +451,5 @@ def write_detections_uri(out_uri: str, recipe: Recipe, summaries: list[dict[str,
     from tasks.storage import open_location
 
     out = open_location(out_uri, recipe.storage)
+    write_shots(out, summaries, records)
     return out.url(write_detections(out, summaries, records))

@@ -25,7 +25,7 @@ import io
 import json
 import posixpath
 from fractions import Fraction
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -41,7 +41,7 @@ PREVIEW_DIR = "previews"
 STATE_DIR = "_state/previews"
 # Part of every digest: bump it when the pictures change for the same input (layout, colours),
 # so reruns remake them.
-PREVIEW_VERSION = "previews/1"
+PREVIEW_VERSION = "previews/2"
 
 # Contact sheet layout (pixels): tiles in COLUMNS columns, GAP between tiles and around them,
 # a CAPTION_HEIGHT strip under each tile for its frame index and time.
@@ -65,6 +65,7 @@ MARGINS_IN = {"left": 1.9, "right": 0.3, "top": 0.65, "bottom": 0.85}
 MAX_ROWS = 40
 HIDDEN_FACE = "#d9d9d9"
 HIDDEN_EDGE = "#8c8c8c"
+CUT_COLOR = "#d62728"  # shot cuts on the timeline
 
 # One colour per track id (RGB), shared by the sheet and the timeline: matplotlib's tab20
 # without its greys (grey means hidden on the timeline), dark shades first.
@@ -315,10 +316,12 @@ def _fps(value: Any) -> float | None:
     return fps if fps > 0 else None
 
 
-def timeline_plot(keyframes: pa.Table, frame_count: int, fps: float | None = None) -> bytes:
+def timeline_plot(keyframes: pa.Table, frame_count: int, fps: float | None = None,
+                  cuts: Sequence[int] = ()) -> bytes:
     """A PNG of one clip's tracks: one row per track (``#id label``), visible ranges as bars
     in the track's colour, hidden ranges as grey hatched bars, keyframes as ticks and a
-    person's keyframes (``kind == "human"``) as diamonds; x in frames 0..``frame_count``,
+    person's keyframes (``kind == "human"``) as diamonds, shot ``cuts`` as dashed lines;
+    x in frames 0..``frame_count``,
     with seconds on top when ``fps`` is given. At most `MAX_ROWS` tracks are drawn (then
     "+N more"); a clip without tracks says "no tracks". The height grows with the rows."""
     # Imported here: matplotlib takes ~0.3 s to import and only this function needs it.
@@ -376,6 +379,11 @@ def timeline_plot(keyframes: pa.Table, frame_count: int, fps: float | None = Non
             Line2D([], [], marker="D", markerfacecolor="white", markeredgecolor="black",
                    color="black", linestyle="", markersize=5, label="human keyframe")],
             loc="lower center", ncols=4, fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    for cut in cuts:
+        ax.axvline(cut, color=CUT_COLOR, linestyle="--", linewidth=0.9, zorder=5)
+    if cuts:
+        fig.text(0.99, 0.01, f"dashed: {len(cuts)} shot cut{'s' * (len(cuts) != 1)}",
+                 fontsize=7, color=CUT_COLOR, ha="right")
     if more:
         fig.text(0.01, 0.01, f"+{more} more tracks", fontsize=8, color="#555555")
     rate = _fps(fps)
@@ -410,15 +418,16 @@ def _state_path(out: Location, record: dict[str, Any]) -> str:
     return out.path(STATE_DIR, f"{clip_id_for(record['source_uri'])}.json")
 
 
-def clip_digest(keyframes: pa.Table, record: dict[str, Any]) -> str:
+def clip_digest(keyframes: pa.Table, record: dict[str, Any], cuts: Sequence[int] = ()) -> str:
     """BLAKE2b-128 (hex) of what the previews show: the clip's keyframe rows (sorted by
     track and frame, column by column, so row order and chunking do not matter), the WebM's
-    identity (URL, size, convert key, source fingerprint) and `PREVIEW_VERSION`."""
+    identity (URL, size, convert key, source fingerprint), its shot cuts and
+    `PREVIEW_VERSION`."""
     table = sort_tracks(keyframes.cast(KEYFRAME_SCHEMA)).combine_chunks()
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([PREVIEW_VERSION, record.get("output_uri"), record.get("output_bytes"),
                          record.get("convert_key"), record.get("fingerprint"),
-                         table.num_rows]).encode())
+                         table.num_rows, [int(c) for c in cuts]]).encode())
     for field in KEYFRAME_SCHEMA:
         column = table[field.name]
         h.update(field.name.encode() + b"\0")
@@ -432,8 +441,8 @@ def clip_digest(keyframes: pa.Table, record: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def write_previews(out: Location, record: dict[str, Any], keyframes: pa.Table, digest: str
-                   ) -> dict[str, str]:
+def write_previews(out: Location, record: dict[str, Any], keyframes: pa.Table, digest: str,
+                   cuts: Sequence[int] = ()) -> dict[str, str]:
     """Write the clip's contact sheet and timeline (atomically) and return their URLs,
     {"contact_sheet": url, "timeline": url}. Nothing is written when the state record says
     they were made from the same ``digest`` (see `clip_digest`) and both files exist."""
@@ -459,7 +468,8 @@ def write_previews(out: Location, record: dict[str, Any], keyframes: pa.Table, d
         from tasks.track import webm_timeline
 
         frame_count = len(webm_timeline(out, record))
-    write_bytes_atomic(out, paths["timeline"], timeline_plot(keyframes, frame_count, _fps(fps)))
+    write_bytes_atomic(out, paths["timeline"],
+                       timeline_plot(keyframes, frame_count, _fps(fps), cuts))
     write_bytes_atomic(out, state_path, json.dumps({"digest": digest, **urls}, indent=1,
                                                    sort_keys=True).encode())
     return urls

@@ -125,6 +125,17 @@ class DetectConfig(_Section):
     min_score: float = Field(0.0, ge=0, le=1, description="drop detections scoring lower")
 
 
+class ShotsConfig(_Section):
+    """Shot cuts, found while detecting (PySceneDetect's detectors on the decoded frames)."""
+
+    detector: Literal["adaptive", "content"] | None = Field(
+        "adaptive", description="adaptive: content change against its neighbours (robust to "
+        "camera motion); content: a fixed threshold; null: no cut detection")
+    threshold: float | None = Field(None, gt=0, le=255, description="the detector's threshold "
+                                    "(null: its default, adaptive 3.0, content 27.0)")
+    min_frames: int = Field(15, ge=1, le=100_000, description="shortest shot, frames")
+
+
 class LabelsConfig(_Section):
     file: str | None = Field(None, description="labels file (tree or list of paths such as "
                              "'Task 1/Sub Task 1.2'); relative to the recipe")
@@ -133,14 +144,27 @@ class LabelsConfig(_Section):
 
 
 class AssociateConfig(_Section):
-    """ByteTrack-style linking of per-frame detections into tracks."""
+    """Kalman-filter linking of per-frame detections into tracks (ByteTrack's two score
+    stages, OC-SORT's observation-centric momentum, recovery and re-update, BoT-SORT's box
+    state and camera-motion compensation): see tasks/associate.py."""
 
     high_score: float = Field(0.5, ge=0, le=1, description="detections that start and match tracks")
     low_score: float = Field(0.1, ge=0, le=1, description="weaker detections only extend tracks")
     match_iou: float = Field(0.2, gt=0, le=1, description="least IoU with a track's predicted box")
+    low_match_iou: float = Field(0.5, gt=0, le=1, description="least IoU for a weak detection "
+                                 "to extend a track")
     max_age: int = Field(30, ge=1, description="frames a track may go unseen before it ends")
     min_hits: int = Field(3, ge=1, description="matches before a new track is kept")
     class_aware: bool = True
+    direction_weight: float = Field(0.2, ge=0, le=10, description="weight of direction "
+                                    "consistency (OC-SORT momentum) against IoU; 0: IoU only")
+    delta_t: int = Field(3, ge=1, le=100, description="detector frames back the direction of "
+                         "motion is measured from")
+    merged_ioa: float | None = Field(0.7, gt=0, le=1, description="a detection holding this "
+                                     "much of two or more tracks' boxes is several objects "
+                                     "merged: it updates none (null: off)")
+    camera_motion: bool = Field(False, description="measure the camera's motion while "
+                                "detecting and move tracks with it (moving cameras)")
 
 
 class TrackConfig(_Section):
@@ -197,6 +221,10 @@ class PriorityWeights(_Section):
     lost_tracks: float = Field(1.0, description="x tracks that were lost (hidden) at least once")
     hidden_s: float = Field(0.5, description="x the longest hidden range (seconds)")
     tracks: float = Field(0.0, description="x tracks")
+    no_boxes: float = Field(20.0, description="added when the clip has no visible machine box: "
+                            "all its work is the reviewer's (or it is truly empty)")
+    breaks: float = Field(0.5, description="x breaks per minute: places where a track starts, "
+                          "ends or is lost inside a shot (fragmented tracks)")
     base: float = Field(0.0, description="added to every task")
 
 
@@ -224,6 +252,7 @@ class Recipe(_Section):
     parity: ParityConfig = ParityConfig()
     run: RunConfig = RunConfig()
     detect: DetectConfig = DetectConfig()
+    shots: ShotsConfig = ShotsConfig()
     labels: LabelsConfig = LabelsConfig()
     associate: AssociateConfig = AssociateConfig()
     track: TrackConfig = TrackConfig()
@@ -244,7 +273,9 @@ class Recipe(_Section):
     def detect_key(self) -> str:
         """Hash of every setting that changes a clip's detections."""
         return _digest({"detect": self.detect.model_dump(), "labels": self.labels.model_dump(),
-                        "labels_file": _file_digest(self.labels.file), "version": DETECTOR_VERSION})
+                        "labels_file": _file_digest(self.labels.file), "shots": self.shots.model_dump(),
+                        "camera_motion": self.associate.camera_motion,
+                        "version": DETECTOR_VERSION})
 
     def track_key(self) -> str:
         """Hash of every setting that changes a clip's tracks (detections included)."""
@@ -273,8 +304,8 @@ def _file_digest(path: str | None) -> str | None:
 
 
 # Bump when detection or tracking output for the same settings changes.
-DETECTOR_VERSION = 1
-TRACKER_VERSION = 1
+DETECTOR_VERSION = 2
+TRACKER_VERSION = 2
 
 # Bump when the converter's output for the same settings changes, so old outputs are redone.
 CONVERTER_VERSION = 1

@@ -107,6 +107,7 @@ def clip_preview_uri(row: dict[str, Any], out_uri: str, recipe) -> dict[str, Any
     from tasks.items import read_items
     from tasks.keyframes import KEYFRAME_SCHEMA
     from tasks.previews import clip_digest, clip_markdown, write_previews
+    from tasks.shots import clip_cuts
     from tasks.storage import open_location, read_bytes
 
     out = open_location(out_uri, recipe.storage)
@@ -115,7 +116,8 @@ def clip_preview_uri(row: dict[str, Any], out_uri: str, recipe) -> dict[str, Any
     table = read_table(out, out.path(KEYFRAMES_FILE))
     keyframes = clip_keyframes(table.cast(KEYFRAME_SCHEMA), record) if table is not None \
         else KEYFRAME_SCHEMA.empty_table()
-    files = write_previews(out, record, keyframes, clip_digest(keyframes, record))
+    cuts = clip_cuts(out, record)
+    files = write_previews(out, record, keyframes, clip_digest(keyframes, record, cuts), cuts)
     images = {name: read_bytes(out, _path_of(out, url)) for name, url in files.items()}
     summary = {c: row[c] for c in COLUMNS if c != "clip"}
     return {"files": files, "markdown": clip_markdown(record, summary, images)}

@@ -36,12 +36,29 @@ TRACK_COLUMNS: Columns = DETECTION_COLUMNS + [
 ]
 
 
+SHOT_COLUMNS: Columns = [
+    ("recording", pa.string(), "recording name (as in items.parquet)"),
+    ("clip_index", pa.int32(), "0-based position of the clip in its recording"),
+    ("shot", pa.int32(), "0-based position of the shot in its clip"),
+    ("first_frame", pa.int64(), "the shot's first frame in the clip's WebM"),
+    ("last_frame", pa.int64(), "the shot's last frame (inclusive)"),
+    ("global_first_frame", pa.int64(), "first frame within the recording"),
+    ("global_last_frame", pa.int64(), "last frame within the recording (inclusive)"),
+    ("start_s", pa.float64(), "decoded timestamp of the first frame in the WebM (s)"),
+    ("last_s", pa.float64(), "decoded timestamp of the last frame in the WebM (s)"),
+    ("recording_start_s", pa.float64(), "the first frame's time in the recording (s): where a "
+     "time span for this shot starts"),
+    ("cut", pa.bool_(), "true: the shot begins at a detected cut; false: at the clip's start"),
+]
+
+
 def schema(columns: Columns) -> pa.Schema:
     return pa.schema([pa.field(name, kind) for name, kind, _ in columns])
 
 
 DETECTION_SCHEMA = schema(DETECTION_COLUMNS)
 TRACK_SCHEMA = schema(TRACK_COLUMNS)
+SHOT_SCHEMA = schema(SHOT_COLUMNS)
 # The tracks table as `OUT/tracks.parquet` holds it: a reviewer's attributes per frame too.
 ATTRIBUTES_COLUMN = ("attributes", pa.string(), "JSON object of the attributes a reviewer gave "
                      "(\"{}\" when none)")

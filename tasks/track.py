@@ -46,11 +46,12 @@ from models import registry
 from tasks import progress
 from tasks.associate import associate
 from tasks.detect import STATE_DIR as DETECT_DIR
-from tasks.detect import open_webm
+from tasks.detect import open_webm, read_motion
 from tasks.errors import ConfigError, PipelineError, StorageError
 from tasks.frames import FrameReader, Timeline
 from tasks.ingest import clip_id_for
 from tasks.recipe import Recipe
+from tasks.shots import cuts_of, next_cut
 from tasks.storage import Location, read_bytes, size_of, write_bytes_atomic
 from tasks.geometry import fit_within
 from tasks.tables import (TRACK_SCHEMA, TRACKS_FILE_SCHEMA, concat, read_table, with_attributes,
@@ -164,8 +165,10 @@ def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
                 "score": pa.array(np.ones(mine.num_rows, np.float32)),
                 "x1": mine["x1"], "y1": mine["y1"], "x2": mine["x2"], "y2": mine["y2"],
                 "source": pa.array(["human"] * mine.num_rows, pa.string())}, schema=_PLAN_SCHEMA))
+    cuts: list[int] = []
     if recipe.track.from_detections:
-        plans.append(_detector_plan(out, record, recipe, offset=max(human_ids, default=0)))
+        detected, cuts = _detector_plan(out, record, recipe, offset=max(human_ids, default=0))
+        plans.append(detected)
     plan = concat(plans, _PLAN_SCHEMA).sort_by([("track_id", "ascending"), ("frame", "ascending")])
     # Where a person and the detector both gave a box for one object and frame, the person's
     # is kept: detector tracks are separate objects, so this only dedupes within a track.
@@ -174,7 +177,7 @@ def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
         {"pts": pa.array(timeline.pts, pa.int64())},
         metadata={"time_base": str(timeline.time_base)}))
     objects = sorted(set(plan["track_id"].to_pylist()))
-    meta = {"objects": objects, "frames": frame_count}
+    meta = {"objects": objects, "frames": frame_count, "cuts": cuts}
     write_bytes_atomic(out, f"{base}/plan.json", json.dumps(meta).encode())
     return {**summary, **meta}
 
@@ -192,7 +195,9 @@ def _check_inside(table: pa.Table, record: dict[str, Any]) -> None:
                           f"{table['frame'][i].as_py()}: box outside the {w}x{h} WebM frame")
 
 
-def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe, offset: int) -> pa.Table:
+def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe,
+                   offset: int) -> tuple[pa.Table, list[int]]:
+    """The associated detector tracks (ids above ``offset``) and the clip's shot cuts."""
     clip_id = clip_id_for(record["source_uri"])
     meta_raw = read_bytes(out, out.path(DETECT_DIR, f"{clip_id}.json"))
     table = read_table(out, out.path(DETECT_DIR, f"{clip_id}.parquet"))
@@ -206,7 +211,10 @@ def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe, offset
     _, codes = np.unique(np.asarray(table["label"].to_pylist(), dtype=object).astype(str),
                          return_inverse=True)
     processed = np.arange(0, meta["frames"], meta["every_nth"])
-    ids = associate(frames, boxes, scores, codes, processed, recipe.associate)
+    cuts = cuts_of(meta.get("shots") or [])
+    motion = read_motion(out, record) if recipe.associate.camera_motion else None
+    ids = associate(frames, boxes, scores, codes, processed, recipe.associate, cuts=cuts,
+                    motion=motion)
     keep = ids > 0
     return pa.table({
         "track_id": pa.array(ids[keep] + offset, pa.int32()), "frame": frames[keep],
@@ -214,7 +222,7 @@ def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe, offset
         "model_label": table["model_label"].filter(pa.array(keep)),
         "score": scores[keep].astype(np.float32),
         "x1": boxes[keep, 0], "y1": boxes[keep, 1], "x2": boxes[keep, 2], "y2": boxes[keep, 3],
-        "source": pa.array(["detector"] * int(keep.sum()), pa.string())}, schema=_PLAN_SCHEMA)
+        "source": pa.array(["detector"] * int(keep.sum()), pa.string())}, schema=_PLAN_SCHEMA), cuts
 
 
 def webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:
@@ -274,6 +282,9 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
         return {**summary, "status": "tracked", "rows": len(rows["frame"]), "chunks": 0}
     start, last_anchor = int(frames[0]), int(frames[-1])
     stop = min(len(timeline), last_anchor + cfg.carry_frames + 1)
+    cut = next_cut(json.loads(read_bytes(out, f"{base}/plan.json")).get("cuts") or [], last_anchor)
+    if cut is not None:  # a track ends at a shot cut: the next shot is another view
+        stop = min(stop, cut)
     size = cfg.frames_per_execution
     chunk_starts = list(range(start, stop, size))
     chunk_dir = f"{base}/objects/{track_id}"
@@ -361,8 +372,12 @@ def _step(tracker, state, image, index, anchor_at, last_anchor, end: _End, rows:
     anchor = anchor_at.get(index)
     if anchor is not None:
         box, score, source = anchor
-        state = _init(tracker, image, scaler.to_model(box))
         rows.add(index, box, score, False, source)
+        if index + 1 in anchor_at:
+            # The next frame is a keyframe too (a detector on every frame): the tracker
+            # would restart there, so starting it here is wasted work.
+            return None, _End("active", [float(v) for v in box], index)
+        state = _init(tracker, image, scaler.to_model(box))
         return state, _End("active" if state is not None else "lost", [float(v) for v in box], index)
     if end.status == "active" and state is not None:
         state, found, score = tracker.update(state, image)

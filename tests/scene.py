@@ -33,9 +33,9 @@ import cv2
 import numpy as np
 
 try:  # tests/ as a package (rootdir on sys.path) or as a plain directory (pytest prepends it)
-    from tests.synth import _container_options
+    from tests.synth import X264_REPEATABLE, _container_options
 except ImportError:
-    from synth import _container_options
+    from synth import X264_REPEATABLE, _container_options
 
 __all__ = ["COLORS", "IDS", "Scene", "render_scene"]
 
@@ -149,7 +149,10 @@ def _texture(rng: np.random.Generator, obj: str, size: tuple[int, int]) -> np.nd
 def _open_stream(container, size: tuple[int, int], rate: Fraction):
     # Single-threaded x264 (bytes independent of the CPU count), crf 12 so textures and
     # edges survive coding; preset veryfast halves the encoding time of the noisy frames.
-    stream = container.add_stream("libx264", rate=rate, options={"crf": "12", "preset": "veryfast"})
+    options = {"crf": "12", "preset": "veryfast"}
+    if X264_REPEATABLE:
+        options["x264-params"] = ":".join(X264_REPEATABLE)
+    stream = container.add_stream("libx264", rate=rate, options=options)
     ctx = stream.codec_context
     ctx.width, ctx.height = size
     ctx.pix_fmt = "yuv420p"

@@ -65,11 +65,16 @@ def task_key(record: dict[str, Any], track_id: int | None = None) -> str:
     return base if track_id is None else f"{base}:track:{int(track_id)}"
 
 
-def measures(tracks: pa.Table) -> dict[str, float]:
+def measures(tracks: pa.Table, frames: int | None = None, duration_s: float | None = None,
+             shot_starts: frozenset[int] = frozenset()) -> dict[str, float]:
     """What the priority is computed from, for the dense rows of one clip or track: mean score
-    of the visible machine boxes, tracks lost at least once, longest hidden range (s), tracks."""
+    of the visible machine boxes, tracks lost at least once, longest hidden range (s),
+    tracks, visible machine boxes, and breaks per minute: places where a track starts, ends
+    or is lost inside a shot (``frames``, ``duration_s`` and the first frames of the clip's
+    shots, ``shot_starts``, tell where a shot begins and ends)."""
     if tracks.num_rows == 0:
-        return {"mean_score": 1.0, "lost_tracks": 0, "hidden_s": 0.0, "tracks": 0}
+        return {"mean_score": 1.0, "lost_tracks": 0, "hidden_s": 0.0, "tracks": 0, "boxes": 0,
+                "breaks_per_min": 0.0}
     tracks = tracks.sort_by([("track_id", "ascending"), ("frame", "ascending")])
     hidden = tracks["hidden"].to_numpy(zero_copy_only=False)
     machine = pc.is_in(tracks["source"], pa.array(["tracker", "detector"])).to_numpy(
@@ -95,15 +100,40 @@ def measures(tracks: pa.Table) -> dict[str, float]:
             run_start = None
     if run_start is not None:
         longest = max(longest, times[len(hidden) - 1] - times[run_start])
+    frame = tracks["frame"].to_numpy()
+    breaks = _breaks(frame, ids, hidden, frames or int(frame.max()) + 1, shot_starts)
+    minutes = (duration_s or float(np.nanmax(times) - np.nanmin(times)) or 1.0) / 60
     return {"mean_score": round(mean, 4), "lost_tracks": len(lost),
-            "hidden_s": round(float(np.nan_to_num(longest)), 3), "tracks": len(set(ids.tolist()))}
+            "hidden_s": round(float(np.nan_to_num(longest)), 3), "tracks": len(set(ids.tolist())),
+            "boxes": int(machine.sum()), "breaks_per_min": round(breaks / max(minutes, 1 / 60), 3)}
+
+
+def _breaks(frames: np.ndarray, ids: np.ndarray, hidden: np.ndarray, frame_count: int,
+            shot_starts: frozenset[int]) -> int:
+    """Track starts and ends that are not a shot's edges, plus hidden runs, over all tracks
+    (rows sorted by track, then frame)."""
+    starts = set(shot_starts) | {0}
+    ends = {s - 1 for s in shot_starts} | {frame_count - 1}
+    count = 0
+    edges = np.flatnonzero(np.diff(ids)) + 1
+    for lo, hi in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(ids)]])):
+        visible = np.flatnonzero(~hidden[lo:hi])
+        if not len(visible):
+            continue
+        count += int(frames[lo + visible[0]] not in starts)
+        count += int(frames[lo + visible[-1]] not in ends)
+        gaps = np.diff(hidden[lo:hi].astype(np.int8))
+        count += int((gaps == 1).sum()) - int(hidden[hi - 1])  # hidden runs inside the track
+    return count
 
 
 def priority(recipe: Recipe, measured: dict[str, float]) -> float:
     w = recipe.review.priority
     return round(w.base + w.low_confidence * (1 - measured["mean_score"]) +
                  w.lost_tracks * measured["lost_tracks"] + w.hidden_s * measured["hidden_s"] +
-                 w.tracks * measured["tracks"], 6)
+                 w.tracks * measured["tracks"] +
+                 w.no_boxes * (measured.get("boxes", 1) == 0) +
+                 w.breaks * measured.get("breaks_per_min", 0.0), 6)
 
 
 def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
@@ -112,10 +142,12 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
     """(key, priority, payload) per clip (or per track) of the exported clips. The payload
     names the WebM, the import-ready annotation files and what a result must be applied with
     (OUT, dataset, recipe)."""
+    from tasks.shots import SHOTS_FILE
     from tasks.tables import read_table
     from tasks.track import TRACKS_FILE
 
     tracks = read_table(out, out.path(TRACKS_FILE))
+    shots = read_table(out, out.path(SHOTS_FILE))
     made = []
     for record in records:
         where = (record["recording"], int(record["clip_index"]))
@@ -130,17 +162,28 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
                                 if files[where].get(f)},
                 "out": out.url(out.root), "dataset": dataset, "config": config,
                 "track_key": recipe.track_key()}
+        shape = {"frames": record.get("output_frames"),
+                 "duration_s": record.get("output_duration_s"),
+                 "shot_starts": _shot_starts(shots, where)}
         if recipe.review.unit == "clip" or rows.num_rows == 0:
-            measured = measures(rows)
+            measured = measures(rows, **shape)
             made.append((task_key(record), priority(recipe, measured),
                          {**base, "track_ids": None, "measures": measured}))
             continue
         for tid in sorted(set(rows["track_id"].to_pylist())):
             mine = rows.filter(pc.equal(rows["track_id"], tid))
-            measured = measures(mine)
+            measured = measures(mine, **shape)
             made.append((task_key(record, tid), priority(recipe, measured),
                          {**base, "track_ids": [tid], "measures": measured}))
     return made
+
+
+def _shot_starts(shots: pa.Table | None, where: tuple[str, int]) -> frozenset[int]:
+    if shots is None:
+        return frozenset()
+    mine = shots.filter(pc.and_(pc.equal(shots["recording"], where[0]),
+                                pc.equal(shots["clip_index"], where[1])))
+    return frozenset(mine["first_frame"].to_pylist())
 
 
 def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],

@@ -69,3 +69,50 @@ def test_background_subtraction_finds_the_moving_object():
     hits = [max((_iou(box, t) for box in b.xyxy.tolist()), default=0.0)
             for b, t in zip(results[10:], truth[10:])]
     assert min(hits) > 0.8, hits
+
+
+def _standing_then_walking(n=60, size=(200, 120)):
+    """A square stands at x=20 for the first frames, then walks right: where it stood the
+    ground shows again (a "ghost" for a model that learnt the square as background)."""
+    w, h = size
+    rng = np.random.default_rng(3)
+    background = rng.integers(40, 90, (h, w, 3), dtype=np.uint8)
+    frames = []
+    for i in range(n):
+        frame = background.copy()
+        x = 20 + max(0, i - 5) * 2
+        frame[40:70, x:x + 25] = 220
+        frames.append(frame)
+    return frames
+
+
+def test_priming_with_the_clips_start_leaves_no_ghost_where_an_object_stood():
+    frames = _standing_then_walking()
+    plain = registry.create("detector", "background", ghost_edges=0.0)
+    primed = registry.create("detector", "background", ghost_edges=0.0)
+    primed.prime(frames[::3])
+    at = 25  # the square is at x=60 by now; x=20..45 shows ground
+    ghosts = [[b for b in r.xyxy.tolist() if b[0] < 50]
+              for r in (plain.detect(frames[:at + 1])[-1], primed.detect(frames[:at + 1])[-1])]
+    assert ghosts[0] and not ghosts[1]
+
+
+def test_ghost_edges_drop_the_ghost_without_priming():
+    frames = _standing_then_walking()
+    result = registry.create("detector", "background").detect(frames[:26])[-1]
+    assert [b for b in result.xyxy.tolist() if b[0] >= 50]       # the square itself
+    assert not [b for b in result.xyxy.tolist() if b[0] < 50]    # no ghost
+
+
+def test_a_new_view_restarts_the_background_instead_of_one_huge_object():
+    frames, _ = _moving_square_clip(n=30)
+    other = [255 - f for f in frames]
+    detector = registry.create("detector", "background")
+    results = detector.detect(frames[:20] + other)
+    assert all(len(r) == 0 for r in results[20:26])  # the cut frame and the warm-up after it
+    assert all(r.xyxy[:, 2].max() - r.xyxy[:, 0].min() < 100 for r in results[26:] if len(r))
+
+
+def test_background_options_are_checked():
+    with pytest.raises(ValueError, match="close_px and ghost_edges"):
+        registry.create("detector", "background", close_px=-1)

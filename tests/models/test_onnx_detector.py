@@ -7,14 +7,29 @@ constants in input pixels, so a wrong channel order, letterbox unmapping or pars
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import registry
-from models.detectors.onnx import create
+from models.detectors.onnx import create as _create
 from tasks.detect_driver import detect_checked
+
+RUNTIME = "onnxruntime"
+
+
+@pytest.fixture(params=["onnxruntime", "opencv"], autouse=True)
+def runtime(request, monkeypatch):
+    """Every test runs on both runtimes: the same model must give the same boxes."""
+    monkeypatch.setattr(sys.modules[__name__], "RUNTIME", request.param)
+    return request.param
+
+
+def create(**options):
+    return _create(**{"runtime": RUNTIME, **options})
 
 LABELS = ["red", "green", "blue"]
 RED, GREEN, BLUE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0)
@@ -240,7 +255,12 @@ def test_labels_from_a_file_and_through_the_registry(yolov8, tmp_path):
     ({"labels": []}, r"labels: expected at least one label, got none"),
     ({"labels": ["a", "b", "a"]}, r"labels: expected unique labels, got duplicates \['a'\]"),
     ({"labels": "nope.txt"}, r"labels file 'nope.txt': no such file"),
-    ({"format": "yolov7"}, r"format: expected one of yolov8, yolov5, ssd, got 'yolov7'"),
+    ({"format": "yolov7"}, r"format: expected one of yolov8, yolov5, ssd, end2end, detr, "
+                           r"centernet, got 'yolov7'"),
+    ({"layout": "chw"}, r"layout: expected nchw or nhwc, got 'chw'"),
+    ({"detr_scores": "relu"}, r"detr_scores: expected one of sigmoid, softmax, none"),
+    ({"runtime": "tensorrt"}, r"runtime: expected auto, onnxruntime, opencv, got 'tensorrt'"),
+    ({"outputs": ["nope"]}, r"outputs: \['nope'\] not among the model's outputs \['output0'\]"),
     ({"input_size": (0, 640)}, r"input_size: expected \(width, height\) > 0"),
 ])
 def test_bad_options_are_value_errors_naming_the_option(yolov8, options, message):
@@ -255,15 +275,18 @@ def test_empty_labels_file_and_unloadable_model(yolov8, tmp_path):
         create(model_path=yolov8, labels=blank)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
-    with pytest.raises(ValueError, match=r"model_path: OpenCV cannot load '.*junk.onnx' as ONNX"):
+    with pytest.raises(ValueError, match=r"model_path: (OpenCV|onnxruntime) cannot load "
+                                         r"'.*junk.onnx'"):
         create(model_path=junk, labels=LABELS)
 
 
 @pytest.mark.parametrize("format, labels, message", [
-    ("yolov8", LABELS + ["cyan"], r"yolov8 output: expected \(N, 4\+4, A\) for 4 labels, "
-                                  r"got \(1, 7, 5\)"),
-    ("yolov5", LABELS, r"yolov5 output: expected \(N, A, 5\+3\) for 3 labels, got \(1, 7, 5\)"),
-    ("ssd", LABELS, r"ssd output: expected \(1, 1, K, 7\) for 3 labels, got \(1, 7, 5\)"),
+    ("yolov8", LABELS + ["cyan"], r"yolov8 output: expected \(N, 4\+4, A\), got \(1, 7, 5\)"),
+    ("yolov5", LABELS, r"yolov5 output: expected \(N, A, 5\+3\), got \(1, 7, 5\)"),
+    ("ssd", LABELS, r"ssd output: expected \(1, 1, K, 7\), got \(1, 7, 5\)"),
+    ("end2end", LABELS, r"end2end output: expected \(N, K, 6\), got \(1, 7, 5\)"),
+    ("detr", LABELS, r"detr output: expected one output \(N, Q, 4\+3\)"),
+    ("centernet", LABELS, r"centernet output: expected a heatmap"),
 ])
 def test_output_shape_not_matching_the_format(yolov8, format, labels, message):
     detector = create(model_path=yolov8, labels=labels, format=format)
@@ -274,12 +297,17 @@ def test_output_shape_not_matching_the_format(yolov8, format, labels, message):
         detector.detect([_frame(RED), _frame(BLUE)])
 
 
-def test_a_model_that_loads_but_cannot_run_is_a_value_error_naming_the_file(tmp_path):
-    # 3*640*640 values cannot be reshaped into rows of 7*5: OpenCV only finds out on forward
+def test_a_model_that_loads_but_cannot_run_is_a_value_error_naming_the_file(tmp_path, runtime):
+    # 3*640*640 values cannot be reshaped into rows of 7*5: OpenCV only finds out on forward,
+    # onnxruntime when it loads the graph
     reshape = [helper.make_node("Reshape", ["images", "shape"], ["output0"])]
     path = _save(reshape, {"shape": np.array([1, 7, -1, 5], np.int64)}, [1, 3, 640, 640],
                  [1, 7, "A", 5], tmp_path / "broken.onnx")
+    if runtime == "onnxruntime":
+        with pytest.raises(ValueError, match=r"model_path: onnxruntime cannot load '.*broken.onnx'"):
+            create(model_path=path, labels=LABELS)
+        return
     detector = create(model_path=path, labels=LABELS)
-    with pytest.raises(ValueError, match=r"model_path: OpenCV could not run '.*broken.onnx' on "
-                                         r"a blob of shape \(1, 3, 640, 640\)"):
+    with pytest.raises(ValueError, match=r"model_path '.*broken.onnx': OpenCV could not run the "
+                                         r"model on a blob of shape \(1, 3, 640, 640\)"):
         detector.detect([_frame(RED), _frame(BLUE)])

@@ -94,3 +94,98 @@ def test_deterministic():
     args = (frames, boxes, rng.uniform(0, 1, 300), rng.integers(0, 2, 300), np.arange(50),
             AssociateConfig(min_hits=1))
     assert np.array_equal(associate(*args), associate(*args))
+
+
+def _ids_by(names, ids):
+    return {n: [int(i) for i, m in zip(ids, names) if m == n] for n in set(names)}
+
+
+def test_a_merged_detection_updates_no_track_and_identities_survive_it():
+    # Two people walk side by side, then a background-subtraction blob joins them for 20
+    # frames (one box around both), then they part: each keeps its id.
+    frames = np.arange(60)
+    a = _moving((0, 50), (1, 0), frames, size=20.0)
+    b = _moving((26, 50), (1, 0), frames, size=20.0)
+    rows = []
+    for f in frames:
+        if 20 <= f < 40:
+            rows.append((f, np.array([a[f][0], 50, b[f][2], 70]), 0.9, "merged"))
+        else:
+            rows.append((f, a[f], 0.9, "a"))
+            rows.append((f, b[f], 0.9, "b"))
+    f = np.array([r[0] for r in rows])
+    ids = associate(f, np.array([r[1] for r in rows]), np.array([r[2] for r in rows]),
+                    np.zeros(len(rows)), frames, AssociateConfig(min_hits=3))
+    by = _ids_by([r[3] for r in rows], ids)
+    assert set(by["a"]) == {1} and set(by["b"]) == {2}
+    assert set(by["merged"]) == {0}  # neither track took the joint box
+
+
+def test_without_the_merge_rule_a_joint_box_takes_one_identity():
+    frames = np.arange(60)
+    a = _moving((0, 50), (1, 0), frames, size=20.0)
+    b = _moving((26, 50), (1, 0), frames, size=20.0)
+    rows = [(f, np.array([a[f][0], 50, b[f][2], 70]), 0.9, "merged") if 20 <= f < 40 else None
+            for f in frames]
+    data = []
+    for f in frames:
+        if rows[f] is not None:
+            data.append(rows[f])
+        else:
+            data += [(f, a[f], 0.9, "a"), (f, b[f], 0.9, "b")]
+    f = np.array([r[0] for r in data])
+    ids = associate(f, np.array([r[1] for r in data]), np.array([r[2] for r in data]),
+                    np.zeros(len(data)), frames, AssociateConfig(min_hits=3, merged_ioa=None))
+    assert set(_ids_by([r[3] for r in data], ids)["merged"]) - {0}  # the rule is what helps
+
+
+def test_tracks_end_at_a_shot_cut():
+    frames = np.arange(40)
+    boxes = np.array([[10, 10, 40, 80]] * 40, float)  # the same place before and after
+    ids = associate(frames, boxes, np.full(40, 0.9), np.zeros(40), frames,
+                    AssociateConfig(min_hits=2), cuts=[20])
+    assert set(ids[:20].tolist()) == {1} and set(ids[20:].tolist()) == {2}
+
+
+def test_camera_motion_keeps_identities_through_a_jolt():
+    # A standing person; the camera jumps 40 px right at frame 10 (the person moves 40 px
+    # left in the image): no overlap with the last box, but the measured motion moves the
+    # track with the view.
+    frames = np.arange(20)
+    boxes = np.array([[100, 10, 130, 80] if f < 10 else [60, 10, 90, 80] for f in frames], float)
+    motion = np.tile(np.eye(2, 3), (20, 1, 1))
+    motion[10, 0, 2] = -40.0
+    still = associate(frames, boxes, np.full(20, 0.9), np.zeros(20), frames,
+                      AssociateConfig(min_hits=2))
+    moved = associate(frames, boxes, np.full(20, 0.9), np.zeros(20), frames,
+                      AssociateConfig(min_hits=2, camera_motion=True), motion=motion)
+    assert set(still.tolist()) == {1, 2}
+    assert set(moved.tolist()) == {1}
+
+
+def test_a_track_seen_again_after_a_miss_is_re_updated_along_a_straight_path():
+    # Missed for 10 frames while moving at 3 px/frame: found again, and its velocity comes
+    # from the two observations (so it follows on at 3 px/frame, not at a coasting guess).
+    frames = np.arange(40)
+    box = _moving((0, 0), (3, 0), frames)
+    seen = np.array([f < 15 or f >= 25 for f in frames])
+    ids = associate(frames[seen], box[seen], np.full(seen.sum(), 0.9), np.zeros(seen.sum()),
+                    frames, AssociateConfig(min_hits=3))
+    assert set(ids.tolist()) == {1}
+
+
+def test_crossing_people_at_different_depths_keep_their_ids():
+    # Head-on crossing with the near one partly covering the far one.
+    frames = np.arange(80)
+    near = _moving((0, 60), (3, 0), frames, size=40.0)
+    far = _moving((220, 50), (-3, 0), frames, size=30.0)
+    names, rows = [], []
+    for f in frames:
+        rows.append((f, near[f], 0.9)); names.append("near")
+        if not 34 <= f < 40:  # hidden behind the near one for a few frames
+            rows.append((f, far[f], 0.8)); names.append("far")
+    f = np.array([r[0] for r in rows])
+    ids = associate(f, np.array([r[1] for r in rows]), np.array([r[2] for r in rows]),
+                    np.zeros(len(rows)), frames, AssociateConfig(min_hits=3))
+    by = _ids_by(names, ids)
+    assert set(by["near"]) == {1} and set(by["far"]) == {2}

@@ -26,8 +26,9 @@ def test_timeline_addresses_frames_across_clips():
 
 
 def test_readme_documents_every_detection_and_track_column():
-    from tasks.tables import DETECTION_COLUMNS, TRACK_COLUMNS
+    from tasks.tables import DETECTION_COLUMNS, SHOT_COLUMNS, TRACK_COLUMNS
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [name for name, _, _ in DETECTION_COLUMNS + TRACK_COLUMNS if f"| `{name}` |" not in readme]
+    missing = [name for name, _, _ in DETECTION_COLUMNS + TRACK_COLUMNS + SHOT_COLUMNS
+               if f"| `{name}` |" not in readme]
     assert missing == []

@@ -253,3 +253,14 @@ def test_markdown_embeds_the_exact_images(converted):
     assert "`s3://bucket/out/previews/cam/a.timeline.png`" in text
     with pytest.raises(ValueError, match="JPEG or PNG"):
         clip_markdown(record, {}, {"x": b"GIF89a"})
+
+
+def test_timeline_draws_shot_cuts_and_they_change_the_digest():
+    plain = timeline_plot(KEYFRAMES, 40, 25.0)
+    cut = timeline_plot(KEYFRAMES, 40, 25.0, cuts=[20])
+    assert plain != cut
+    image = cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(int)
+    red = (image[..., 0] > 180) & (image[..., 1] < 90) & (image[..., 2] < 90)
+    assert red.sum() > 20  # the dashed line (and its note)
+    record = {"output_uri": "x.webm", "output_bytes": 10, "convert_key": "k", "fingerprint": "f"}
+    assert clip_digest(KEYFRAMES, record) != clip_digest(KEYFRAMES, record, [20])

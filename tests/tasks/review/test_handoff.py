@@ -35,12 +35,32 @@ def test_measures_and_priority():
     m = measures(pa.concat_tables([steady, lost]))
     # Hidden rows do not count in the mean score; the longest hidden run is 3 frames = 0.3 s.
     assert m == {"mean_score": pytest.approx((0.9 * 10 + 0.5 * 6) / 16, abs=1e-4),
-                 "lost_tracks": 1, "hidden_s": 0.3, "tracks": 2}
+                 "lost_tracks": 1, "hidden_s": 0.3, "tracks": 2, "boxes": 16,
+                 "breaks_per_min": 120.0}  # two hidden runs in under a second (counted as 1 s)
     recipe = parse_recipe({"review": {"priority": {"low_confidence": 10, "lost_tracks": 2,
-                                                   "hidden_s": 1, "tracks": 0.5, "base": 1}}})
-    expected = 1 + 10 * (1 - m["mean_score"]) + 2 * 1 + 1 * 0.3 + 0.5 * 2
+                                                   "hidden_s": 1, "tracks": 0.5, "base": 1,
+                                                   "breaks": 0.01}}})
+    expected = 1 + 10 * (1 - m["mean_score"]) + 2 * 1 + 1 * 0.3 + 0.5 * 2 + 0.01 * m["breaks_per_min"]
     assert priority(recipe, m) == pytest.approx(expected, abs=1e-5)
     assert measures(steady)["lost_tracks"] == 0 and measures(steady)["hidden_s"] == 0.0
+
+
+def test_missed_work_ranks_first():
+    recipe = parse_recipe({})
+    confident = measures(_rows(1, [0.95] * 600, [False] * 600), frames=600, duration_s=60.0)
+    empty = measures(_rows(1, [], []), frames=600, duration_s=60.0)
+    # One object found in five pieces (lost and found again, then it ends early).
+    pieces = [False] * 100 + [True] * 20 + [False] * 100 + [True] * 20 + [False] * 100
+    broken = measures(_rows(1, [0.95] * 340, pieces), frames=600, duration_s=60.0)
+    assert empty["boxes"] == 0 and confident["breaks_per_min"] == 0.0
+    assert broken["breaks_per_min"] == 3.0  # two hidden runs and an early end, in a minute
+    ranked = sorted([("confident", confident), ("empty", empty), ("broken", broken)],
+                    key=lambda item: -priority(recipe, item[1]))
+    assert [name for name, _ in ranked] == ["empty", "broken", "confident"]
+    # A track that starts where a shot starts is not a break.
+    later = measures(_rows(1, [0.95] * 600, [False] * 600).slice(300), frames=600,
+                     duration_s=60.0, shot_starts=frozenset({300}))
+    assert later["breaks_per_min"] == 0.0
 
 
 def test_bad_review_recipes_are_refused():
