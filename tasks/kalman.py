@@ -35,9 +35,9 @@ def to_box(measure: np.ndarray) -> np.ndarray:
 class BoxKalman:
     """One object's filter: ``predict`` advances a frame, ``update`` takes a box."""
 
-    __slots__ = ("mean", "cov")
+    __slots__ = ("mean", "cov", "process")
 
-    def __init__(self, box: np.ndarray):
+    def __init__(self, box: np.ndarray, process: float = 1.0):
         z = to_state(box)
         self.mean = np.concatenate([z, np.zeros(4)])
         w, h = z[2], z[3]
@@ -45,17 +45,19 @@ class BoxKalman:
                         10 * _VELOCITY * w, 10 * _VELOCITY * h, 10 * _VELOCITY * w,
                         10 * _VELOCITY * h])
         self.cov = np.diag(np.square(std))
+        self.process = process  # scales the motion noise: below 1, motion is trusted more
 
     def copy(self) -> "BoxKalman":
         other = object.__new__(BoxKalman)
-        other.mean, other.cov = self.mean.copy(), self.cov.copy()
+        other.mean, other.cov, other.process = self.mean.copy(), self.cov.copy(), self.process
         return other
 
     def predict(self, steps: int = 1) -> None:
         for _ in range(max(int(steps), 0)):
             w, h = max(self.mean[2], 1.0), max(self.mean[3], 1.0)
             q = np.square([_POSITION * w, _POSITION * h, _POSITION * w, _POSITION * h,
-                           _VELOCITY * w, _VELOCITY * h, _VELOCITY * w, _VELOCITY * h])
+                           _VELOCITY * w, _VELOCITY * h, _VELOCITY * w, _VELOCITY * h]
+                          ) * self.process ** 2
             self.mean = _F @ self.mean
             self.cov = _F @ self.cov @ _F.T + np.diag(q)
 
@@ -91,3 +93,37 @@ def warp_boxes(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
     moved = corners @ a[:, :2].T + a[:, 2]
     return np.column_stack([moved[..., 0].min(1), moved[..., 1].min(1),
                             moved[..., 0].max(1), moved[..., 1].max(1)])
+
+
+def smooth(frames: np.ndarray, boxes: np.ndarray, process: float = 0.3) -> np.ndarray:
+    """One object's observed boxes (frames increasing, gaps allowed) smoothed with the
+    Rauch-Tung-Striebel smoother over this filter: a forward pass, then a backward one that
+    lets later observations correct earlier boxes. Offline we know the whole track, so a
+    box is estimated from both sides; detector jitter of a few pixels goes, real motion
+    stays. ``process`` scales the association's motion noise: people and cars move smoothly
+    between frames, detectors jitter."""
+    frames = np.asarray(frames, np.int64)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(frames) < 3:
+        return boxes.copy()
+    kf = BoxKalman(boxes[0], process)
+    means, covs, predicted, gaps = [kf.mean.copy()], [kf.cov.copy()], [None], [0]
+    for i in range(1, len(frames)):
+        gap = int(frames[i] - frames[i - 1])
+        kf.predict(gap)
+        predicted.append((kf.mean.copy(), kf.cov.copy()))
+        kf.update(boxes[i])
+        means.append(kf.mean.copy())
+        covs.append(kf.cov.copy())
+        gaps.append(gap)
+    out = [means[-1]]
+    smoothed_mean, smoothed_cov = means[-1], covs[-1]
+    for i in range(len(frames) - 2, -1, -1):
+        step = np.eye(8)
+        step[:4, 4:] = np.eye(4) * gaps[i + 1]
+        mean_p, cov_p = predicted[i + 1]
+        gain = np.linalg.solve(cov_p, step @ covs[i]).T  # covs[i] F^T cov_p^-1
+        smoothed_mean = means[i] + gain @ (smoothed_mean - mean_p)
+        smoothed_cov = covs[i] + gain @ (smoothed_cov - cov_p) @ gain.T
+        out.append(smoothed_mean)
+    return np.array([to_box(m) for m in reversed(out)])

@@ -113,7 +113,7 @@ class RunConfig(_Section):
 
 
 class DetectConfig(_Section):
-    backend: str = Field("hog", min_length=1, description="a module under models/detectors/")
+    backend: str = Field("nanodet", min_length=1, description="a module under models/detectors/")
     # Passed to the backend's create(); each backend documents its own (strict=False: YAML).
     options: dict[str, Any] = Field(default_factory=dict, strict=False)
     batch_size: int = Field(8, ge=1, le=1024, description="frames per model call")
@@ -121,7 +121,8 @@ class DetectConfig(_Section):
     max_side: int | None = Field(None, ge=16, le=8192, description="shrink frames so the longer "
                                  "side is at most this before the model; boxes map back")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="for backends that take one (torchvision): auto = cuda if present")
+        "auto", description="for backends that take one (nanodet, onnx, torchvision): auto = "
+        "cuda if present")
     min_score: float = Field(0.0, ge=0, le=1, description="drop detections scoring lower")
 
 
@@ -165,6 +166,9 @@ class AssociateConfig(_Section):
                                      "merged: it updates none (null: off)")
     camera_motion: bool = Field(False, description="measure the camera's motion while "
                                 "detecting and move tracks with it (moving cameras)")
+    smooth: bool = Field(True, description="smooth each track's detector boxes from both "
+                         "sides (Kalman RTS) before they become keyframes: less jitter, "
+                         "fewer keyframes; false keeps the raw boxes")
 
 
 class TrackConfig(_Section):
@@ -272,8 +276,13 @@ class Recipe(_Section):
 
     def detect_key(self) -> str:
         """Hash of every setting that changes a clip's detections."""
+        # The files a backend reads are part of its settings: a new model at the same path
+        # redoes the clips (digests are cached per file size and mtime).
+        files = {key: _file_digest(value) for key, value in sorted(self.detect.options.items())
+                 if key in _FILE_OPTIONS and isinstance(value, str)}
         return _digest({"detect": self.detect.model_dump(), "labels": self.labels.model_dump(),
-                        "labels_file": _file_digest(self.labels.file), "shots": self.shots.model_dump(),
+                        "labels_file": _file_digest(self.labels.file), "files": files,
+                        "shots": self.shots.model_dump(),
                         "camera_motion": self.associate.camera_motion,
                         "version": DETECTOR_VERSION})
 
@@ -294,11 +303,23 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_FILE_OPTIONS = ("model_path", "checkpoint", "labels")
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def _file_digest(path: str | None) -> str | None:
     if path is None:
         return None
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        stat = Path(path).stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _DIGESTS[key] = h.hexdigest()[:16]
+        return _DIGESTS[key]
     except OSError:
         return None
 

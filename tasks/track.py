@@ -216,6 +216,8 @@ def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe,
     ids = associate(frames, boxes, scores, codes, processed, recipe.associate, cuts=cuts,
                     motion=motion)
     keep = ids > 0
+    if recipe.associate.smooth:
+        boxes = _smoothed(frames, boxes, ids, record)
     return pa.table({
         "track_id": pa.array(ids[keep] + offset, pa.int32()), "frame": frames[keep],
         "label": table["label"].filter(pa.array(keep)),
@@ -223,6 +225,21 @@ def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe,
         "score": scores[keep].astype(np.float32),
         "x1": boxes[keep, 0], "y1": boxes[keep, 1], "x2": boxes[keep, 2], "y2": boxes[keep, 3],
         "source": pa.array(["detector"] * int(keep.sum()), pa.string())}, schema=_PLAN_SCHEMA), cuts
+
+
+def _smoothed(frames: np.ndarray, boxes: np.ndarray, ids: np.ndarray,
+              record: dict[str, Any]) -> np.ndarray:
+    """Each track's boxes smoothed over its frames (`tasks.kalman.smooth`), inside the frame."""
+    from tasks.kalman import smooth
+
+    out = boxes.copy()
+    w, h = record.get("output_width"), record.get("output_height")
+    for tid in np.unique(ids[ids > 0]):
+        rows = np.flatnonzero(ids == tid)
+        out[rows] = smooth(frames[rows], boxes[rows])
+    if w and h:
+        out = np.clip(out, 0, [w, h, w, h])
+    return out
 
 
 def webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:

@@ -24,13 +24,18 @@ Layouts (C = number of labels):
   or (N, H, W, C), and either sizes (w, h) with an optional sub-cell offset (Objects as
   Points) or distances to the four edges (``centernet_boxes: ltrb``), in input pixels.
   Peaks are local maxima of the heatmap (3x3), the top ``centernet_top_k`` kept.
+- ``gfl``: generalised-focal-loss heads (NanoDet, our shipped model; NanoDet-Plus, PicoDet):
+  one output (N, A, C + 4 x (R+1)): per grid point of every stride in turn (``gfl_strides``,
+  row-major), C class probabilities, then for each side (left, top, right, bottom) R+1
+  logits over distances 0..R strides; the distance is their softmax's expected value.
+  Points sit at (x + ``gfl_offset``) x stride: 0.5 for NanoDet (v0.x), 0 for NanoDet-Plus.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-FORMATS = ("yolov8", "yolov5", "ssd", "end2end", "detr", "centernet")
+FORMATS = ("yolov8", "yolov5", "ssd", "end2end", "detr", "centernet", "gfl")
 
 Decoded = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -171,5 +176,38 @@ def _peaks(heat: np.ndarray) -> np.ndarray:
     return np.where(heat >= best, heat, 0.0)
 
 
+def _gfl(outputs, n, c, size, options) -> Decoded:
+    out = outputs[0]
+    strides = [int(v) for v in options.get("gfl_strides", (8, 16, 32))]
+    offset = float(options.get("gfl_offset", 0.5))
+    w, h = size
+    grids = [(-(-w // s), -(-h // s), s) for s in strides]
+    points = sum(gw * gh for gw, gh, _ in grids)
+    bins4 = out.shape[2] - c if out.ndim == 3 else 0
+    _expect(out.ndim == 3 and out.shape[0] == n and out.shape[1] == points and bins4 > 0
+            and bins4 % 4 == 0, "gfl", f"(N, {points}, {c} + 4 x bins) for strides {strides} "
+            f"on a {w}x{h} input", outputs, n)
+    xy, step = [], []
+    for gw, gh, s in grids:
+        yy, xx = np.mgrid[0:gh, 0:gw]
+        xy.append((np.column_stack([xx.ravel(), yy.ravel()]) + offset) * s)
+        step.append(np.full(gw * gh, s, np.float32))
+    xy, step = np.concatenate(xy).astype(np.float32), np.concatenate(step)
+    bins = np.arange(bins4 // 4, dtype=np.float32)
+    decoded = []
+    for p in out:
+        scores = p[:, :c]
+        best = scores.max(1)
+        # Only points that could pass any threshold are decoded (most of 3,549 are empty).
+        keep = best >= float(options.get("gfl_min_score", 0.05))
+        logits = p[keep, c:].reshape(-1, 4, len(bins))
+        e = np.exp(logits - logits.max(2, keepdims=True))
+        distance = (e / e.sum(2, keepdims=True) * bins).sum(2) * step[keep, None]
+        centre = xy[keep]
+        xyxy = np.hstack([centre - distance[:, :2], centre + distance[:, 2:]])
+        decoded.append((xyxy, best[keep], scores[keep].argmax(1)))
+    return decoded
+
+
 _DECODERS = {"yolov8": _yolov8, "yolov5": _yolov5, "ssd": _ssd, "end2end": _end2end,
-             "detr": _detr, "centernet": _centernet}
+             "detr": _detr, "centernet": _centernet, "gfl": _gfl}

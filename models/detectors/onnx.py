@@ -5,15 +5,16 @@ Options (the recipe's keys, all passed to ``create``):
 - ``model_path``: the ``.onnx`` file (relative to the recipe).
 - ``labels``: class names in the model's class order, or a text file with one per line.
 - ``format``: the output layout: ``yolov8``, ``yolov5``, ``ssd``, ``end2end`` (x1, y1, x2,
-  y2, score, class rows), ``detr`` (RT-DETR, RF-DETR, D-FINE, DETR) or ``centernet``; see
+  y2, score, class rows), ``detr`` (RT-DETR, RF-DETR, D-FINE, DETR), ``centernet`` or
+  ``gfl`` (NanoDet, PicoDet: our shipped model); see
   `models/detectors/_decoders.py` for each one's shapes. Per-format options:
   ``detr_scores`` (sigmoid | softmax | none), ``detr_boxes`` (cxcywh | xyxy),
-  ``centernet_boxes`` (wh | ltrb), ``centernet_top_k``.
+  ``centernet_boxes`` (wh | ltrb), ``centernet_top_k``, ``gfl_strides``, ``gfl_offset``.
 - ``input_size``: (width, height) the model takes; ``layout``: ``nchw`` or ``nhwc``.
 - ``score_threshold``; ``nms_iou``: class-wise NMS drops the weaker of two same-class boxes
   overlapping more.
-- ``letterbox``: keep the aspect ratio and pad with gray 114 (how ultralytics trains);
-  False stretches the frame to ``input_size``.
+- ``letterbox``: keep the aspect ratio and pad, centred, with gray ``pad`` (114: how
+  ultralytics trains; NanoDet pads with 0); False stretches the frame to ``input_size``.
 - ``normalize`` (multiplied after ``mean`` is subtracted), ``mean`` (per channel, 0-255
   units, model channel order), ``rgb`` (False for BGR models).
 - ``class_offset``: subtracted from the model's class ids (1 when id 0 is background).
@@ -65,7 +66,8 @@ class OnnxDetector:
                  score_threshold=0.25, nms_iou=0.45, letterbox=True, normalize=1 / 255,
                  mean=(0, 0, 0), rgb=True, class_offset=0, layout="nchw", runtime="auto",
                  device="auto", outputs=None, threads=None, detr_scores="sigmoid",
-                 detr_boxes="cxcywh", centernet_boxes="wh", centernet_top_k=100):
+                 detr_boxes="cxcywh", centernet_boxes="wh", centernet_top_k=100,
+                 gfl_strides=(8, 16, 32), gfl_offset=0.5, pad=PAD_GRAY):
         if format not in FORMATS:
             raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
         if len(input_size) != 2 or min(input_size) < 1:
@@ -77,7 +79,9 @@ class OnnxDetector:
             raise ValueError(f"layout: expected nchw or nhwc, got {layout!r}")
         self._decode_options = {"class_offset": int(class_offset), "detr_scores": detr_scores,
                                 "detr_boxes": detr_boxes, "centernet_boxes": centernet_boxes,
-                                "centernet_top_k": int(centernet_top_k)}
+                                "centernet_top_k": int(centernet_top_k),
+                                "gfl_strides": tuple(gfl_strides), "gfl_offset": float(gfl_offset),
+                                "gfl_min_score": float(score_threshold)}
         for key, allowed in _FORMAT_OPTIONS.items():
             if self._decode_options[key] not in allowed:
                 raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got "
@@ -91,7 +95,7 @@ class OnnxDetector:
                                  input_size=self._size)
         self._format, self._threshold, self._iou = format, float(score_threshold), float(nms_iou)
         self._letterbox, self._normalize, self._mean = letterbox, float(normalize), tuple(mean)
-        self._swap_rb, self._nhwc = not rgb, layout == "nhwc"
+        self._swap_rb, self._nhwc, self._pad = not rgb, layout == "nhwc", int(pad)
         # Exports often fix the batch at 1; the first batch that fails proves it (or the
         # runtime says so), and after that frames go one at a time.
         self._batched = self._runtime.fixed_batch in (None, -1) or self._runtime.fixed_batch > 1
@@ -134,7 +138,7 @@ class OnnxDetector:
         nw, nh = max(1, round(w * r)), max(1, round(h * r))
         left, top = (W - nw) // 2, (H - nh) // 2
         image = cv2.copyMakeBorder(cv2.resize(frame, (nw, nh)), top, H - nh - top, left,
-                                   W - nw - left, cv2.BORDER_CONSTANT, value=(PAD_GRAY,) * 3)
+                                   W - nw - left, cv2.BORDER_CONSTANT, value=(self._pad,) * 3)
         return image, (nw / w, nh / h, left, top)  # the rounded size is the true scale
 
     def _boxes(self, xyxy, score, cls, transform, frame_shape) -> Boxes:

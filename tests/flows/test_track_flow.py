@@ -1,4 +1,5 @@
-"""`preannotate track` on the real Prefect engine: the bundled street sample (HOG people),
+"""`preannotate track` on the real Prefect engine: the bundled street sample (the shipped
+detector, people only),
 every earlier stage run (or skipped) first, objects tracked concurrently by the task runner."""
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ def test_track_command_on_street_sample(prefect_harness, samples, tmp_path, caps
     data.mkdir(parents=True)
     shutil.copy(samples["bikes"], data / "1.mp4")
     config = tmp_path / "people.yaml"
-    # HOG on every 3rd frame keeps the test short; the tracker carries the frames between.
+    # The detector on every 3rd frame keeps the test short; the tracker carries the frames
+    # between.
     config.write_text("detect: {every_nth: 3, max_side: 640}\n"
+                      "labels: {map: {person: person}}\n"
                       "associate: {min_hits: 2, max_age: 9}\n"
                       "track: {tracker: kcf, carry_frames: 6, max_parallel: 4}\n")
     out = tmp_path / "out"

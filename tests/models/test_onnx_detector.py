@@ -256,7 +256,7 @@ def test_labels_from_a_file_and_through_the_registry(yolov8, tmp_path):
     ({"labels": ["a", "b", "a"]}, r"labels: expected unique labels, got duplicates \['a'\]"),
     ({"labels": "nope.txt"}, r"labels file 'nope.txt': no such file"),
     ({"format": "yolov7"}, r"format: expected one of yolov8, yolov5, ssd, end2end, detr, "
-                           r"centernet, got 'yolov7'"),
+                           r"centernet, gfl, got 'yolov7'"),
     ({"layout": "chw"}, r"layout: expected nchw or nhwc, got 'chw'"),
     ({"detr_scores": "relu"}, r"detr_scores: expected one of sigmoid, softmax, none"),
     ({"runtime": "tensorrt"}, r"runtime: expected auto, onnxruntime, opencv, got 'tensorrt'"),

@@ -30,3 +30,16 @@ def test_warp_moves_position_velocity_and_uncertainty():
     kf.warp(half)
     assert np.isclose(kf.mean[4], 0.5) and np.isclose(kf.cov[0, 0], before / 4)
     assert np.allclose(warp_boxes(np.array([[0, 0, 10, 10]]), shift), [[7, -3, 17, 7]])
+
+
+def test_smoothing_removes_jitter_and_keeps_motion():
+    from tasks.kalman import smooth
+
+    rng = np.random.default_rng(0)
+    frames = np.array([f for f in range(80) if f % 7 != 3])  # gaps too
+    truth = np.column_stack([100 + 2.0 * frames, 50 + 0.5 * frames,
+                             160 + 2.0 * frames, 170 + 0.5 * frames]).astype(float)
+    noisy = truth + rng.normal(0, 2.0, truth.shape)
+    smoothed = smooth(frames, noisy)
+    assert np.abs(smoothed - truth).mean() < 0.5 * np.abs(noisy - truth).mean()
+    assert np.allclose(smooth(frames[:2], noisy[:2]), noisy[:2])  # too short: as given

@@ -74,3 +74,18 @@ def test_convert_key_follows_settings():
     assert a.convert_key() != b.convert_key()
     assert a.convert_key() == c.convert_key()  # parallelism does not change outputs
 
+
+
+def test_a_new_model_file_at_the_same_path_changes_the_detect_key(tmp_path):
+    import os
+
+    from tasks.recipe import parse_recipe
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"one")
+    recipe = parse_recipe({"detect": {"backend": "onnx", "options": {"model_path": str(model)}}})
+    first = recipe.detect_key()
+    assert recipe.detect_key() == first
+    model.write_bytes(b"two")
+    os.utime(model, ns=(1, 1))  # a new mtime, as a copy would give
+    assert recipe.detect_key() != first
