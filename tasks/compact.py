@@ -315,7 +315,7 @@ def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | Non
 
     from tasks.errors import PipelineError
     from tasks.storage import open_location
-    from tasks.tables import concat, read_table, table_digest, write_table
+    from tasks.tables import concat, read_state_table, table_digest, write_table
 
     if max_error_px is None and min_iou is None:
         max_error_px, min_iou = recipe.compact.max_error_px, recipe.compact.min_iou
@@ -342,7 +342,7 @@ def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | Non
         cached = out.path(CACHE_DIR, table_digest(rows, max_error_px, min_iou, COMPACT_VERSION)
                           + ".parquet")
         used.add(cached.rsplit("/", 1)[-1])
-        keyframes = read_table(out, cached)
+        keyframes = read_state_table(out, cached)
         if keyframes is None:
             keyframes = compact_tracks(rows, max_error_px=max_error_px, min_iou=min_iou)
             problems = verify(rows, keyframes, max_error_px=max_error_px, min_iou=min_iou)

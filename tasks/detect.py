@@ -40,7 +40,8 @@ from tasks.recipe import Recipe
 from tasks.shots import ANALYSIS_SIDE, CutFinder, write_shots
 from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
 from tasks.geometry import fit_within
-from tasks.tables import DETECTION_SCHEMA, concat, read_table, with_global_frame, write_table
+from tasks.tables import (DETECTION_SCHEMA, concat, read_state_json, read_state_table, read_table,
+                          readable_parquet, with_global_frame, write_table)
 
 log = logging.getLogger(__name__)
 STATE_DIR = "_state/detect"
@@ -83,7 +84,7 @@ def motion_path(out: Location, record: dict[str, Any]) -> str:
 
 def read_motion(out: Location, record: dict[str, Any]) -> np.ndarray | None:
     """(frames, 2, 3) affines from `detect_clip`, or None when not measured."""
-    table = read_table(out, motion_path(out, record))
+    table = read_state_table(out, motion_path(out, record))
     if table is None:
         return None
     return np.column_stack([table[c].to_numpy() for c in _MOTION_COLUMNS]).reshape(-1, 2, 3)
@@ -140,15 +141,9 @@ def open_webm(out: Location, record: dict[str, Any], timeline=None) -> Iterator[
 
 def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, Any] | None:
     meta_path, table_path = state_paths(out, record)
-    data = read_bytes(out, meta_path)
-    if data is None:
-        return None
-    try:
-        meta = json.loads(data)
-    except ValueError:
-        return None
-    if (meta.get("key") == key and meta.get("webm") == webm_identity(record)
-            and size_of(out, table_path) is not None):
+    meta = read_state_json(out, meta_path)
+    if (isinstance(meta, dict) and meta.get("key") == key
+            and meta.get("webm") == webm_identity(record) and readable_parquet(out, table_path)):
         return meta
     return None
 

@@ -26,7 +26,7 @@ from tasks.keyframes import KEYFRAME_SCHEMA
 from tasks.recipe import EXPORT_FORMATS, Recipe
 from tasks.storage import (Location, open_location, read_bytes, safe_component, size_of,
                            write_bytes_atomic)
-from tasks.tables import read_table
+from tasks.tables import read_state_json, read_table
 
 EXPORT_DIR = "exports"
 MODULES = {"json": "tasks.exports.native", "cvat": "tasks.exports.cvat",
@@ -108,7 +108,8 @@ def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> di
     all_labels = sorted(set(keyframes["label"].to_pylist()))
     base = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION)
     state_path = out.path(EXPORT_STATE_DIR, f"{clip_id_for(record['source_uri'])}.json")
-    state = json.loads(read_bytes(out, state_path) or b"{}")
+    state = read_state_json(out, state_path)
+    state = state if isinstance(state, dict) else {}
     clip = None
     written: dict[str, list[str]] = {}
     done: dict[str, Any] = {}

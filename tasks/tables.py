@@ -3,11 +3,16 @@ Parquet writes. The README's schema sections are generated from these lists."""
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.errors import PipelineError
 from tasks.storage import Location, read_bytes, write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 Columns = list[tuple[str, pa.DataType, str]]
 
@@ -84,8 +89,58 @@ def write_table(out: Location, path: str, table: pa.Table) -> str:
 
 
 def read_table(out: Location, path: str) -> pa.Table | None:
+    """A table the pipeline wrote, or None when it does not exist; one that is not readable
+    Parquet is a `PipelineError` naming it."""
     data = read_bytes(out, path)
-    return None if data is None else pq.read_table(pa.BufferReader(data))
+    if data is None:
+        return None
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PipelineError(f"{out.url(path)} is not readable Parquet ({e}); remove it and "
+                            "run again to rebuild it") from e
+
+
+def read_state_table(out: Location, path: str) -> pa.Table | None:
+    """A state record's table (under ``OUT/_state``). One that cannot be read (truncated,
+    garbled) is a cache miss: the unit it records is redone and the file replaced. Which
+    file was bad is logged."""
+    data = read_bytes(out, path)
+    if data is None:
+        return None
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        log.warning("%s cannot be read (%s): redoing the unit it records", out.url(path), e)
+        return None
+
+
+def read_state_json(out: Location, path: str):
+    """A state record's JSON; unreadable is a cache miss, as `read_state_table`."""
+    import json
+
+    data = read_bytes(out, path)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        log.warning("%s cannot be read (%s): redoing the unit it records", out.url(path), e)
+        return None
+
+
+def readable_parquet(out: Location, path: str) -> bool:
+    """The file exists and its Parquet footer reads (a truncated file fails): a cheap check
+    of a state table a later stage will read, without reading its rows."""
+    try:
+        with out.fs.open(path, "rb") as f:
+            pq.read_metadata(f)
+        return True
+    except FileNotFoundError:
+        return False
+    except (pa.ArrowInvalid, OSError) as e:
+        log.warning("%s cannot be read (%s): redoing the unit it records", out.url(path), e)
+        return False
 
 
 def table_digest(table: pa.Table, *extra) -> str:

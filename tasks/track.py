@@ -54,7 +54,8 @@ from tasks.recipe import Recipe
 from tasks.shots import cuts_of, next_cut
 from tasks.storage import Location, read_bytes, size_of, write_bytes_atomic
 from tasks.geometry import fit_within
-from tasks.tables import (TRACK_SCHEMA, TRACKS_FILE_SCHEMA, concat, read_table, with_attributes,
+from tasks.tables import (TRACK_SCHEMA, TRACKS_FILE_SCHEMA, concat, read_state_json,
+                          read_state_table, read_table, readable_parquet, with_attributes,
                           with_global_frame, write_table)
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,10 @@ def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
     key = key or track_key(recipe, None)
     base = clip_dir(out, record, key)
     summary = {"recording": record["recording"], "clip_index": record["clip_index"], "key": key}
-    done = read_bytes(out, f"{base}/plan.json")
-    if done is not None:
-        return {**summary, **json.loads(done)}
+    done = read_state_json(out, f"{base}/plan.json")
+    if (isinstance(done, dict) and readable_parquet(out, f"{base}/plan.parquet")
+            and readable_parquet(out, f"{base}/timeline.parquet")):
+        return {**summary, **done}
     timeline = webm_timeline(out, record)
     frame_count = len(timeline)
     plans = []
@@ -248,9 +250,9 @@ def webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:
 
 
 def _load_timeline(out: Location, base: str) -> Timeline:
-    table = read_table(out, f"{base}/timeline.parquet")
+    table = read_state_table(out, f"{base}/timeline.parquet")
     if table is None:
-        raise PipelineError(f"{base}: timeline missing; plan the clip first")
+        raise PipelineError(f"{base}: timeline missing or unreadable; plan the clip again")
     time_base = Fraction(table.schema.metadata[b"time_base"].decode())
     return Timeline(table["pts"].to_numpy(), time_base)
 
@@ -281,10 +283,12 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     base = clip_dir(out, record, key)
     final = f"{base}/objects/{track_id}.parquet"
     summary = {"track_id": track_id}
-    if size_of(out, final) is not None:
+    if readable_parquet(out, final):
         return {**summary, "status": "skipped"}
     started = time.perf_counter()
-    plan = read_table(out, f"{base}/plan.parquet")
+    plan = read_state_table(out, f"{base}/plan.parquet")
+    if plan is None:
+        raise PipelineError(f"{base}: plan missing or unreadable; plan the clip again")
     anchors = plan.filter(pc.equal(plan["track_id"], track_id))
     if anchors.num_rows == 0:
         raise PipelineError(f"object {track_id} is not in the plan of {record['output_uri']}")
@@ -299,16 +303,15 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
         return {**summary, "status": "tracked", "rows": len(rows["frame"]), "chunks": 0}
     start, last_anchor = int(frames[0]), int(frames[-1])
     stop = min(len(timeline), last_anchor + cfg.carry_frames + 1)
-    cut = next_cut(json.loads(read_bytes(out, f"{base}/plan.json")).get("cuts") or [], last_anchor)
+    cut = next_cut((read_state_json(out, f"{base}/plan.json") or {}).get("cuts") or [], last_anchor)
     if cut is not None:  # a track ends at a shot cut: the next shot is another view
         stop = min(stop, cut)
     size = cfg.frames_per_execution
     chunk_starts = list(range(start, stop, size))
     chunk_dir = f"{base}/objects/{track_id}"
-    done = _finished_chunks(out, chunk_dir)
-    end = _End("active", None, None)
-    if done:
-        end = _End(**json.loads(read_bytes(out, f"{chunk_dir}/{_chunk_name(done - 1)}"))["end"])
+    chunks = _finished_chunks(out, chunk_dir)
+    done = len(chunks)
+    end = _End(**chunks[-1]["end"]) if chunks else _End("active", None, None)
     ran = 0
     tracker = registry.create("tracker", cfg.tracker, **cfg.options)
     takes_reference = "reference" in inspect.signature(tracker.init).parameters
@@ -335,13 +338,14 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
             blob = {"rows": rows.to_json(), "end": end.to_json()}
             write_bytes_atomic(out, f"{chunk_dir}/{_chunk_name(c)}", json.dumps(blob).encode())
             ran += 1
-    total = _finished_chunks(out, chunk_dir)
+    chunks = _finished_chunks(out, chunk_dir)
+    total = len(chunks)
     finished = end.status == "ended" or total == len(chunk_starts)
     if not finished:
         return {**summary, "status": "interrupted", "chunks": total}
     merged = _Rows()
-    for c in range(total):
-        merged.extend(json.loads(read_bytes(out, f"{chunk_dir}/{_chunk_name(c)}"))["rows"])
+    for chunk in chunks:
+        merged.extend(chunk["rows"])
     write_table(out, final, _object_table(track_id, merged.to_json()))
     _remove_chunks(out, chunk_dir)
     return {**summary, "status": "tracked", "rows": len(merged.frame), "chunks": total,
@@ -495,17 +499,22 @@ def _chunk_name(index: int) -> str:
     return f"c{index:07d}.json"
 
 
-def _finished_chunks(out: Location, chunk_dir: str) -> int:
-    """How many chunks are finished: files c0000000, c0000001, ... without a gap."""
+def _finished_chunks(out: Location, chunk_dir: str) -> list[dict[str, Any]]:
+    """The finished chunks, c0000000, c0000001, ... up to the first missing or unreadable one
+    (a garbled chunk is redone, and the chunks after it with it)."""
     try:
         names = out.fs.ls(chunk_dir, detail=False)
     except FileNotFoundError:
-        return 0
-    done = {int(m.group(1)) for n in names if (m := _CHUNK.search(str(n)))}
-    count = 0
-    while count in done:
-        count += 1
-    return count
+        return []
+    present = {int(m.group(1)) for n in names if (m := _CHUNK.search(str(n)))}
+    chunks: list[dict[str, Any]] = []
+    while len(chunks) in present:
+        chunk = read_state_json(out, f"{chunk_dir}/{_chunk_name(len(chunks))}")
+        if not (isinstance(chunk, dict) and isinstance(chunk.get("rows"), dict)
+                and isinstance(chunk.get("end"), dict)):
+            break
+        chunks.append(chunk)
+    return chunks
 
 
 def _remove_chunks(out: Location, chunk_dir: str) -> None:
@@ -521,16 +530,17 @@ def _remove_chunks(out: Location, chunk_dir: str) -> None:
 def assemble_clip(record: dict[str, Any], out: Location, key: str, objects: list[int]) -> dict[str, Any]:
     base = clip_dir(out, record, key)
     path = f"{base}/tracks.parquet"
-    existing = read_table(out, path)
+    existing = read_state_table(out, path)
     reused = existing is not None
     if existing is None:
-        plan = read_table(out, f"{base}/plan.parquet")
+        plan = read_state_table(out, f"{base}/plan.parquet")
         timeline = _load_timeline(out, base)
         parts = []
         for track_id in objects:
-            table = read_table(out, f"{base}/objects/{track_id}.parquet")
+            table = read_state_table(out, f"{base}/objects/{track_id}.parquet")
             if table is None:
-                raise PipelineError(f"object {track_id} of {record['output_uri']} is not tracked yet")
+                raise PipelineError(f"object {track_id} of {record['output_uri']} is not tracked "
+                                    "yet (or its table is unreadable): track again")
             parts.append(table)
         rows = concat(parts, _OBJECT_SCHEMA)
         existing = _with_clip_columns(rows, plan, timeline, record)
@@ -598,13 +608,13 @@ def clip_tracks(out: Location, record: dict[str, Any], key: str) -> pa.Table | N
 
     review = load_review(out, record)
     if review is not None:
-        reviewed = read_table(out, _reviewed_path(out, record, key, review.digest))
+        reviewed = read_state_table(out, _reviewed_path(out, record, key, review.digest))
         if reviewed is not None:
             return reviewed
         # Not applied (it failed, and the run reports it): the machine's tracks, not nothing.
         log.warning("%s: its review is not applied; writing the machine's tracks",
                     record["output_uri"])
-    return read_table(out, f"{clip_dir(out, record, key)}/tracks.parquet")
+    return read_state_table(out, f"{clip_dir(out, record, key)}/tracks.parquet")
 
 
 def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str) -> dict[str, Any] | None:
@@ -620,15 +630,15 @@ def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str)
     summary = {"recording": record["recording"], "clip_index": record["clip_index"],
                "review": review.digest}
     path = _reviewed_path(out, record, key, review.digest)
-    if size_of(out, path) is not None:
+    if readable_parquet(out, path):
         return {**summary, "status": "skipped"}
     if review.track_key and not key.startswith(review.track_key):
         raise PipelineError(f"{record['output_uri']}: its review refers to the track ids of "
                             f"other tracking settings ({review.track_key}, now {key}); track "
                             "with those settings, or review the clip again")
     base = clip_dir(out, record, key)
-    machine = read_table(out, f"{base}/tracks.parquet")
-    plan = read_table(out, f"{base}/plan.parquet")
+    machine = read_state_table(out, f"{base}/tracks.parquet")
+    plan = read_state_table(out, f"{base}/plan.parquet")
     if machine is None or plan is None:
         raise PipelineError(f"{record['output_uri']}: no machine tracks to apply the review to")
     timeline = _load_timeline(out, base)

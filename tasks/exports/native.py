@@ -16,6 +16,8 @@ from the clip. Keyframes typed by hand may leave out ``hidden`` (false), ``attri
 
 from __future__ import annotations
 
+import math
+
 import json
 from collections import Counter
 from fractions import Fraction
@@ -145,6 +147,8 @@ def read(data: bytes, clip: ClipInfo) -> pa.Table:
                                   f"{clip.frames - 1 if end is None else end}")
             if frames[k["frame"]] > 1:
                 raise FormatError(f"{where}: two keyframes on one frame")
+            if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+                raise FormatError(f"{where}: box {k['box']} is not finite")
             if not (x1 <= x2 and y1 <= y2):
                 raise FormatError(f"{where}: box {k['box']} has x2 < x1 or y2 < y1")
             if k["frame"] == first and k.get("hidden", False):

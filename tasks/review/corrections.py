@@ -76,6 +76,7 @@ def read_reviewed(data: bytes, fmt: str, clip: ClipInfo,
     if table.num_rows and pc.max(table["track_id"]).as_py() >= _MAX_TRACK_ID:
         raise FormatError(f"track id {pc.max(table['track_id']).as_py()} is too large "
                           f"(at most {_MAX_TRACK_ID - 1})")
+    _check_geometry(table, clip)
     if labels is not None and table.num_rows:
         allowed = set(labels)
         found = table["label"].to_pylist()
@@ -85,6 +86,40 @@ def read_reviewed(data: bytes, fmt: str, clip: ClipInfo,
             raise FormatError(f"track {table['track_id'][i].as_py()} frame {table['frame'][i].as_py()}: "
                               f"unknown label {found[i]!r}; allowed: {', '.join(sorted(allowed))}")
     return sort_tracks(table)
+
+
+def _check_geometry(table: pa.Table, clip: ClipInfo) -> None:
+    """Every box a number, inside the frame give or take a tool's rounding (edges at most
+    `_MARGIN` of the frame's size outside), at least a pixel wide and high where visible;
+    scores absent or in [0, 1]. A box that breaks a rule is refused naming its track and
+    frame: it would flow into every export."""
+    if not table.num_rows:
+        return
+    box = np.column_stack([table[c].to_numpy(zero_copy_only=False) for c in BOX]).astype(np.float64)
+    hidden = table["hidden"].to_numpy(zero_copy_only=False)
+    w, h = float(clip.width), float(clip.height)
+    mx, my = max(2.0, _MARGIN * w), max(2.0, _MARGIN * h)
+    checks = [
+        (~np.isfinite(box).all(1), "is not finite"),
+        ((box[:, 0] < -mx) | (box[:, 1] < -my) | (box[:, 2] > w + mx) | (box[:, 3] > h + my),
+         f"lies outside the {clip.width}x{clip.height} frame"),
+        (~hidden & ((box[:, 2] - box[:, 0] < 1) | (box[:, 3] - box[:, 1] < 1)),
+         "is under a pixel wide or high"),
+    ]
+    if "score" in table.column_names:
+        score = pc.fill_null(table["score"], 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+        checks.append((~np.isfinite(score) | (score < 0) | (score > 1), "has a score outside [0, 1]"))
+    for bad, why in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            detail = f"box {box[i].tolist()}" if "score" not in why else \
+                f"score {table['score'][i].as_py()}"
+            raise FormatError(f"track {table['track_id'][i].as_py()} frame "
+                              f"{table['frame'][i].as_py()}: {detail} {why}"
+                              f"{f' (and {int(bad.sum()) - 1} more)' if bad.sum() > 1 else ''}")
+
+
+_MARGIN = 0.01  # share of the frame a box edge may lie outside it (a tool's rounding)
 
 
 # --- what changed ------------------------------------------------------------------------------

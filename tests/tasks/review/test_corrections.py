@@ -282,3 +282,46 @@ def test_review_file_merges_tasks_and_keeps_its_settings(tmp_path):
     stored = load_review(out, record)
     assert stored.tasks == (5, 3) and stored.track_key == "abc" and stored.scope == (1, 2)
     assert set(stored.keyframes["track_id"].to_pylist()) == {1}  # track 2 deleted by task 3
+
+
+_OUTSIDE = [([395.0, 0.0, 1e30, 1e30], r"lies outside the 640x480 frame"),
+            ([10000.0, 10000.0, 10100.0, 10200.0], r"lies outside the 640x480 frame"),
+            ([-500.0, 10.0, 40.0, 60.0], r"lies outside the 640x480 frame"),
+            ([100.0, 20.0, 100.0, 60.0], r"is under a pixel wide or high")]
+# Only formats that can carry NaN or infinity at all (JSON with its NaN extension).
+_NOT_FINITE = [([float("nan"), 20.0, 130.0, 60.0], r"not finite|finite numbers"),
+               ([100.0, 20.0, float("inf"), 60.0], r"not finite|finite numbers")]
+
+
+@pytest.mark.parametrize("fmt, box, message",
+                         [(f, b, m) for f in ("json", "cvat", "labelstudio", "dataloop")
+                          for b, m in _OUTSIDE] +
+                         [(f, b, m) for f in ("json", "dataloop") for b, m in _NOT_FINITE])
+def test_a_box_outside_the_frame_or_not_a_box_is_refused(fmt, box, message):
+    from tasks.export import format_module
+
+    edited = _with(_baseline(), [{"track_id": 1, "frame": 20, "x1": box[0], "y1": box[1],
+                                  "x2": box[2], "y2": box[3]}])
+    data = format_module(fmt).write(edited, _clip())
+    with pytest.raises(FormatError, match=rf"(track 1,? frame \d+|coordinates).*({message})"):
+        read_reviewed(data, fmt, _clip())
+
+
+def test_a_box_a_hair_outside_the_frame_is_a_tools_rounding_and_kept():
+    from tasks.exports import native
+
+    edited = _with(_baseline(), [{"track_id": 1, "frame": 20, "x1": -1.5, "y1": 20.0,
+                                  "x2": 641.0, "y2": 60.0}])
+    table = read_reviewed(native.write(edited, _clip()), "json", _clip())
+    assert table.num_rows == edited.num_rows
+
+
+def test_a_score_that_is_not_a_probability_is_refused():
+    import json as jsonlib
+
+    from tasks.exports import native
+
+    doc = jsonlib.loads(native.write(_baseline(), _clip()))
+    doc["tracks"][0]["keyframes"][0]["score"] = float("nan")
+    with pytest.raises(FormatError, match=r"score nan has a score outside \[0, 1\]"):
+        read_reviewed(jsonlib.dumps(doc).encode(), "json", _clip())
