@@ -171,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     _report(summary, args.json)
     from tasks.report import stage_failures
 
-    if stage_failures(summary) or (summary.get("outcomes") or {}).get("failed"):
-        return EXIT_FAILED
     convert = summary.get("convert", summary if "counts" in summary else None)
+    if (stage_failures(summary) or (summary.get("outcomes") or {}).get("failed")
+            or (convert and convert["counts"].get("failed"))):
+        return EXIT_FAILED
     return EXIT_BLOCKED if convert and convert["counts"].get("blocked") else EXIT_OK
 
 
@@ -254,10 +255,13 @@ def _report(summary: dict, as_json: bool) -> None:
         return
     convert = summary.get("convert", summary)
     counts = convert["counts"]
-    parts = [f"{counts[s]} {s}" for s in ("converted", "ingested", "skipped", "blocked") if counts.get(s)]
+    from tasks.batch import STATUSES
+
+    parts = [f"{counts[s]} {s}" for s in STATUSES if counts.get(s)]
     print(f"{convert['total']} clip(s): {', '.join(parts) or 'nothing to do'}")
     for reason, n in sorted(convert["reasons"].items()):
-        print(f"  blocked {n} x {reason}")
+        status, reason = reason.split(":", 1) if ":" in reason else ("blocked", reason)
+        print(f"  {status} {n} x {reason}")
     print(f"items table: {convert['items_uri']}")
     if "detect" in summary:
         d = summary["detect"]

@@ -17,6 +17,9 @@ from tasks.recipe import Recipe
 from tasks.storage import Location, open_location, redact
 
 
+STATUSES = ("converted", "ingested", "skipped", "blocked", "failed")
+
+
 @dataclass(frozen=True)
 class BatchSummary:
     items_uri: str
@@ -28,11 +31,16 @@ class BatchSummary:
     def blocked(self) -> int:
         return self.counts.get("blocked", 0)
 
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
     def lines(self) -> list[str]:
-        parts = [f"{self.counts.get(s, 0)} {s}" for s in ("converted", "ingested", "skipped", "blocked")
-                 if self.counts.get(s)]
+        parts = [f"{self.counts.get(s, 0)} {s}" for s in STATUSES if self.counts.get(s)]
         out = [f"{self.total} clip(s): " + (", ".join(parts) or "nothing to do")]
-        out += [f"  blocked {n} x {reason}" for reason, n in sorted(self.reasons.items())]
+        out += [f"  {status} {n} x {reason}" for (status, reason), n in sorted(
+            (tuple(k.split(":", 1)) if ":" in k else ("blocked", k), n)
+            for k, n in self.reasons.items())]
         out.append(f"items table: {self.items_uri}")
         return out
 
@@ -52,15 +60,16 @@ def plan_batch(src_uri: str, out_uri: str, recipe: Recipe) -> list[ClipSource]:
 
 
 def failed_record(clip: ClipSource, error: BaseException) -> dict[str, Any]:
-    """Row for a clip whose task failed for good (storage down, a bug): shown as blocked,
-    and not recorded as done, so the next run tries it again."""
+    """Row for a clip whose task failed for good (storage down, a full disk, a bug): status
+    ``failed``, never ``blocked`` (a verdict on the media), and not recorded as done, so the
+    next run tries it again."""
     from tasks.errors import StorageError
     from tasks.items import empty_record
 
     reason = "storage_error" if isinstance(error, StorageError) else "internal_error"
     return {**empty_record(), "source_uri": clip.source_uri, "recording": clip.recording,
             "clip_name": clip.clip_name, "clip_index": clip.clip_index,
-            "source_size": clip.size, "source_version": clip.version, "status": "blocked",
+            "source_size": clip.size, "source_version": clip.version, "status": "failed",
             "reason": reason, "detail": redact(f"{type(error).__name__}: {error}")[:500]}
 
 
@@ -71,7 +80,8 @@ def finish_batch(out_uri: str, recipe: Recipe, records: list[dict[str, Any]]) ->
     assign_timeline(rows)
     path = write_items(out, rows)
     counts = Counter(r["status"] for r in rows)
-    reasons = Counter(r["reason"] for r in rows if r["status"] == "blocked")
+    reasons = Counter(r["reason"] if r["status"] == "blocked" else f"failed:{r['reason']}"
+                      for r in rows if r["status"] in ("blocked", "failed"))
     return BatchSummary(items_uri=out.url(path), total=len(rows), counts=dict(counts),
                         reasons=dict(reasons))
 

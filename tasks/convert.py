@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 import av
 
 from tasks.encoding import ENCODERS, EncodeWorker, FrameShaper, OpusAudio, video_encoder
-from tasks.errors import Blocked, Reason
+from tasks.errors import Blocked, Reason, StorageError
 from tasks.geometry import Geometry, plan_geometry
 from tasks.parity import ConcurrentParity
 from tasks.priority import DECODE_NICE, run_in_thread
 from tasks.probe import (StreamProbe, TimestampStats, choose_video_stream, clockwise_rotation,
                          open_media, probe_streams)
 from tasks.recipe import ConvertConfig
+from tasks.storage import redact
 from tasks.progress import Meter
 from tasks.signature import SignatureSpill, luma_signature
 
@@ -125,6 +126,8 @@ class _Transcoder:
             self.worker = None
         except BaseException as e:
             self._close(error=True)
+            if isinstance(e, OSError):  # a full disk, a lost mount: not the media's fault
+                raise StorageError(f"writing {redact(self.output_path)} failed: {e}") from e
             if isinstance(e, av.error.FFmpegError):
                 raise Blocked(Reason.ENCODE_ERROR, f"encoding failed: {e}") from e
             raise
@@ -236,15 +239,26 @@ class _Transcoder:
                 self.worker.finish(flush=False)
             except BaseException:
                 pass  # the exception already on its way says what went wrong
+        # Every file is closed and the parity reader stopped whatever fails on the way: an
+        # open handle on a deleted temp file would keep a full disk full.
+        problems: list[BaseException] = []
         try:
             self.output.close()
+        except OSError as e:  # the muxer could not write its trailer (a full disk)
+            problems.append(e)
         except av.error.FFmpegError:
             pass  # nothing was written (no frame decoded): the clip is blocked anyway
-        self.spill.close()
+        try:
+            self.spill.close()
+        except OSError as e:
+            problems.append(e)
         if self.parity is not None:
             self.parity.writer_done()
-            if error:  # nobody will wait for the proof: stop its reader now
+            if error or problems:  # nobody will wait for the proof: stop its reader now
                 self.parity.abort()
+        if problems and not error:
+            raise StorageError(f"writing {redact(self.output_path)} failed: {problems[0]}") \
+                from problems[0]
 
 
 def _judge(result: TranscodeResult) -> None:

@@ -159,7 +159,10 @@ class EncodeWorker:
                 else:
                     return
         except av.error.FFmpegError as e:  # handed to the producer, which raises it
-            self._error = Blocked(Reason.ENCODE_ERROR, f"encoding failed: {e}")
+            # An OS error (no space left, I/O) is the store's fault, retried; anything else
+            # the encoder refused is a verdict on the clip.
+            self._error = e if isinstance(e, OSError) else Blocked(
+                Reason.ENCODE_ERROR, f"encoding failed: {e}")
         except BaseException as e:
             self._error = e
 

@@ -26,7 +26,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("recording", pa.string(), "recording name: the clip's folder relative to the dataset URI"),
     ("clip_name", pa.string(), "file name of the clip"),
     ("clip_index", pa.int32(), "0-based position of the clip in its recording (natural order)"),
-    ("status", pa.string(), "ingested | converted | blocked | skipped (unchanged, output kept)"),
+    ("status", pa.string(), "ingested | converted | blocked | skipped (unchanged, output kept) | "
+     "failed (a storage fault or a bug, not a verdict: redone on the next run)"),
     ("reason", pa.string(), "reason code when blocked (e.g. truncated, decode_error)"),
     ("detail", pa.string(), "one sentence explaining the status for people"),
     ("fingerprint", pa.string(), "BLAKE2b-128 of the clip's bytes, computed while it is read"),

@@ -66,7 +66,7 @@ def clip_rows(out: Location, summary: dict[str, Any]) -> list[dict[str, Any]]:
             status = "done"
             if item["output_uri"] in failed:
                 status, reason = "failed", failed[item["output_uri"]]
-        elif reason in TASK_FAILED:  # not a verdict on the clip: redone on the next run
+        elif status == "failed" or reason in TASK_FAILED:  # no verdict: redone next run
             status, reason = "failed", f"convert: {reason}: {item['detail']}"
         rows.append({
             "clip": "/".join(p for p in (item["recording"], item["clip_name"]) if p),

@@ -29,7 +29,7 @@ def test_rows_outcomes_and_counts(tmp_path):
     out = open_location(str(tmp_path))
     write_items(out, [_item(0, "converted", frames=90), _item(1, "skipped", frames=60),
                       _item(2, "blocked", "truncated", "cut short", frames=10),
-                      _item(3, "blocked", "storage_error", "S3 said no"),
+                      _item(3, "failed", "storage_error", "S3 said no"),
                       _item(4, "converted", frames=30)])
     write_table(out, out.path("detections.parquet"), _rows([(0, 0), (0, 0), (1, 0), (4, 0)]))
     write_table(out, out.path("tracks.parquet"), _rows([(0, 1), (0, 1), (0, 2), (1, 1)]))
