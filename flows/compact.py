@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow, task
 
 from flows.convert import _io
-from flows.runners import run_command
+from flows.runners import one_writer, run_command
 from flows.track import check_before_start, track_stage
 from tasks.compact import compact_uri, tolerance
 from tasks.recipe import Recipe, load_recipe
@@ -37,7 +37,9 @@ def compact_stage(source: str, out: str, recipe: Recipe, max_error_px: float | N
 @flow(name="preannotate-compact", log_prints=True)
 def compact_flow(source: str, out: str, config: str | None = None,
                  max_error_px: float | None = None, min_iou: float | None = None) -> dict[str, Any]:
-    return compact_stage(source, out, load_recipe(config), max_error_px, min_iou)
+    recipe = load_recipe(config)
+    with one_writer(out, recipe, "preannotate compact"):
+        return compact_stage(source, out, recipe, max_error_px, min_iou)
 
 
 def run_compact(source: str, out: str, config: str | None, max_error_px: float | None,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import run_command, stage_limit, submit_bounded
+from flows.runners import one_writer, run_command, stage_limit, submit_bounded
 from tasks import progress
 from tasks.batch import failed_record, finish_batch, plan_batch
 from tasks.clip import process_clip_uris
@@ -68,7 +68,9 @@ def convert_stage(uri: str, out: str, recipe: Recipe,
 def convert_flow(uri: str, out: str, config: str | None = None,
                  mode: Literal["ingest", "convert"] = "convert") -> dict[str, Any]:
     """Ingest (probe, fingerprint) or convert every clip under ``uri`` into ``out``."""
-    return convert_stage(uri, out, load_recipe(config), mode)
+    recipe = load_recipe(config)
+    with one_writer(out, recipe, f"preannotate {mode}"):
+        return convert_stage(uri, out, recipe, mode)
 
 
 def run_convert(uri: str, out: str, config: str | None, mode: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.convert import _io, convert_stage
-from flows.runners import run_command, stage_limit, submit_bounded
+from flows.runners import one_writer, run_command, stage_limit, submit_bounded
 from tasks import progress
 from tasks.detect import (converted_records, detect_clip_uri, is_converted, make_detector,
                           write_detections_uri)
@@ -54,7 +54,9 @@ def detect_stage(uri: str, out: str, recipe: Recipe) -> dict[str, Any]:
 @flow(name="preannotate-detect", log_prints=True)
 def detect_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]:
     """Detections for every converted clip under ``uri`` into ``out/detections.parquet``."""
-    return detect_stage(uri, out, load_recipe(config))
+    recipe = load_recipe(config)
+    with one_writer(out, recipe, "preannotate detect"):
+        return detect_stage(uri, out, recipe)
 
 
 def run_detect(uri: str, out: str, config: str | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.compact import compact_stage, is_table
 from flows.convert import _io
-from flows.runners import run_command, stage_limit, submit_bounded
+from flows.runners import one_writer, run_command, stage_limit, submit_bounded
 from flows.track import check_before_start
 from tasks import progress
 from tasks.detect import converted_records, is_converted
@@ -73,7 +73,9 @@ def export_stage(uri: str, out: str, recipe: Recipe, config: str | None = None,
 @flow(name="preannotate-export", log_prints=True)
 def export_flow(uri: str, out: str, config: str | None = None, formats: list[str] | None = None,
                 spans: str | None = None) -> dict[str, Any]:
-    return export_stage(uri, out, load_recipe(config), config, formats, spans)
+    recipe = load_recipe(config)
+    with one_writer(out, recipe, "preannotate export"):
+        return export_stage(uri, out, recipe, config, formats, spans)
 
 
 def check_export_args(recipe, uri: str, out: str, spans: str | None) -> None:

@@ -19,7 +19,7 @@ from prefect.states import Completed, Failed
 
 from flows.convert import _io
 from flows.export import check_export_args, export_flow, export_stage
-from flows.runners import (flow_runner, run_command, scaled_out, stage_limit, stage_runner,
+from flows.runners import (flow_runner, one_writer, run_command, scaled_out, stage_limit, stage_runner,
                            submit_bounded)
 from tasks import progress
 from tasks.recipe import load_recipe
@@ -103,7 +103,7 @@ def run_flow(uri: str, out: str, config: str | None = None):
             bar = _ProgressArtifact(watching)
         except Exception as e:  # progress is for watching; never fail a run over it
             logger.warning("no progress artifact: %s", e)
-        with scaled_out(recipe):
+        with one_writer(out, recipe, "preannotate run"), scaled_out(recipe):
             summary = _stages(uri, out, recipe, config)
             rows = clip_rows_uri(out, recipe, summary)
             done = [r for r in rows if r["status"] == "done"]

@@ -387,6 +387,17 @@ def _ray_address(ray, address: str | None) -> str:
     return ray.get_runtime_context().gcs_address
 
 
+@contextmanager
+def one_writer(out: str, recipe: Recipe, what: str) -> Iterator[None]:
+    """The body as OUT's one writer (`tasks.lock.WriterLock`): a second run on the same OUT is
+    refused with a message naming the first."""
+    from tasks.lock import WriterLock
+    from tasks.storage import open_location
+
+    with WriterLock(open_location(out, recipe.storage), what):
+        yield
+
+
 def run_command(flow, recipe: Recipe, **parameters):
     """A command's one flow run: on the recipe's task runner, inside its cluster
     (`scaled_out`), with flow heartbeats only where someone can watch them."""

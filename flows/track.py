@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.convert import _io
 from flows.detect import detect_stage
-from flows.runners import run_command, stage_limit, submit_bounded
+from flows.runners import one_writer, run_command, stage_limit, submit_bounded
 from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import Recipe, load_recipe
@@ -100,7 +100,9 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
 @flow(name="preannotate-track", log_prints=True)
 def track_flow(uri: str, out: str, config: str | None = None,
                keyframes: str | None = None) -> dict[str, Any]:
-    return track_stage(uri, out, load_recipe(config), keyframes)
+    recipe = load_recipe(config)
+    with one_writer(out, recipe, "preannotate track"):
+        return track_stage(uri, out, recipe, keyframes)
 
 
 def _check_tracker(recipe) -> None:

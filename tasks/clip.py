@@ -26,8 +26,8 @@ from tasks.items import empty_record, load_record, save_record
 from tasks.probe import StreamProbe, choose_video_stream, count_by_demux, open_media, probe_streams
 from tasks.recipe import Recipe
 from tasks.signature import SignatureSpill
-from tasks.storage import (Location, commit_file, open_location, open_read, redact,
-                           remove_atomic_temps, size_of)
+from tasks.storage import (Location, commit_file, digest_object, object_version, open_location,
+                           open_read, redact, remove_atomic_temps, size_of)
 
 log = logging.getLogger(__name__)
 Mode = Literal["ingest", "convert"]
@@ -40,6 +40,9 @@ def process_clip(clip: ClipSource, src: Location, out: Location, recipe: Recipe,
     previous = load_record(out, clip.clip_id)
     reused = _reuse(previous, clip, out, recipe, mode)
     if reused is not None:
+        if reused.get("output_version") != previous.get("output_version"):
+            # Same bytes under a new token (checked by hash): remember it, hash once only.
+            save_record(out, clip.clip_id, {**previous, "output_version": reused["output_version"]})
         return reused
     record = _base_record(clip)
     with _opened(src, clip) as reader:
@@ -79,9 +82,29 @@ def _reuse(previous, clip: ClipSource, out: Location, recipe: Recipe, mode: Mode
     if previous["status"] == "blocked":
         return record
     if previous.get("parity_ok") and previous.get("output_uri"):
-        if size_of(out, out.path(clip.output_relpath)) == previous.get("output_bytes"):
-            return {**record, "status": "skipped", "reason": None,
-                    "detail": "unchanged since it was converted; WebM kept"}
+        return _kept_webm(record, out, out.path(clip.output_relpath))
+    return None
+
+
+def _kept_webm(record: dict[str, Any], out: Location, path: str) -> dict[str, Any] | None:
+    """The record as skipped when the WebM is still the one converted, else None (redo).
+
+    Identity: size and the store's version token, then content. An unchanged token (same
+    mtime and inode, same ETag or generation) means nobody wrote the object since, so it is
+    trusted without reading it: a rerun of 10,000 clips reads no WebM. A changed token with
+    the same size (a copy, a restore, or bytes overwritten in place) is settled by hashing
+    the WebM against the digest taken when it was written."""
+    found = object_version(out, path)
+    if found is None or found[0] != record.get("output_bytes"):
+        return None
+    kept = {**record, "status": "skipped", "reason": None,
+            "detail": "unchanged since it was converted; WebM kept"}
+    if found[1] == record.get("output_version"):
+        return kept
+    if record.get("output_digest") and digest_object(out, path) == record["output_digest"]:
+        return {**kept, "output_version": found[1]}
+    log.warning("%s changed since it was converted (same size, other bytes): converting again",
+                out.url(path))
     return None
 
 
@@ -210,7 +233,10 @@ def _convert(reader: HashingReader, clip: ClipSource, out: Location, recipe: Rec
             output_bytes=os.path.getsize(webm_path),
         )
         target = out.path(clip.output_relpath)
+        digest = digest_object(open_location("/"), webm_path)  # the local temp, still cached
         commit_file(out, webm_path, target)
+        record.update(output_digest=digest, output_version=(object_version(out, target) or
+                                                            (0, None))[1])
         record.update(status="converted", output_uri=out.url(target),
                       detail=f"{report.output_frames} frames converted to "
                       f"{ENCODERS[recipe.convert.codec]}, parity proven")

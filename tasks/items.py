@@ -67,6 +67,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("output_width", pa.int32(), "WebM width"),
     ("output_height", pa.int32(), "WebM height"),
     ("output_bytes", pa.int64(), "WebM size"),
+    ("output_digest", pa.string(), "BLAKE2b-128 of the WebM's bytes as written"),
     ("convert_key", pa.string(), "hash of the recipe settings the WebM was made with"),
     ("parity_ok", pa.bool_(), "true when every parity check passed"),
     ("output_frames", pa.int64(), "frames decoded from the WebM"),

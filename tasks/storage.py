@@ -148,6 +148,31 @@ def _version_token(info: dict) -> str:
     return f"mtime:{mtime}:ino:{info.get('ino', '')}"
 
 
+def object_version(loc: Location, path: str) -> tuple[int, str] | None:
+    """(size, version token) of an object, or None when it does not exist."""
+    try:
+        info = loc.fs.info(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StorageError(f"cannot look at {redact(loc.url(path))}: {redact(str(e))}") from e
+    return int(info.get("size") or 0), _version_token(info)
+
+
+def digest_object(loc: Location, path: str) -> str:
+    """BLAKE2b-128 (hex) of an object's bytes, read in 8 MB blocks."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open_read(loc, path) as f:
+            while block := f.read(8 << 20):
+                h.update(block)
+    except OSError as e:
+        raise StorageError(f"cannot read {redact(loc.url(path))}: {redact(str(e))}") from e
+    return h.hexdigest()
+
+
 # --- safe names ----------------------------------------------------------------------------
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

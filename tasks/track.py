@@ -343,6 +343,13 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     finished = end.status == "ended" or total == len(chunk_starts)
     if not finished:
         return {**summary, "status": "interrupted", "chunks": total}
+    if readable_parquet(out, final):  # finished meanwhile by another writer: keep its rows
+        return {**summary, "status": "skipped"}
+    if not chunks:
+        # The chunk files are gone although this object ran: something else removed them.
+        # Writing an empty table here would replace good rows with none.
+        raise PipelineError(f"object {track_id} of {record['output_uri']}: its chunk files "
+                            "vanished while it was tracked (another run on this OUT?); run again")
     merged = _Rows()
     for chunk in chunks:
         merged.extend(chunk["rows"])
