@@ -11,7 +11,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 
@@ -24,8 +27,15 @@ def _prefect_defaults(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # The embedded server needs 7-11 s to start on 2 cores, more under load; 20 s is too tight.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Logs at INFO go to the Prefect server (the UI's run page shows them); the terminal
+    # shows warnings and errors unless -v.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # The temporary server a run starts (no PREFECT_API_URL) dies with it, and its services,
+    # cancelled mid-flush at exit, print ~150 lines of tracebacks about events no one will
+    # read. Only servers this process starts read this setting.
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,12 +151,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that a `kill`, a container stop or a
+    scheduler's timeout unwinds the same way: the lock released, temp files removed, the
+    embedded Prefect server and any cluster stopped (the default action would end the
+    process at once and leave the server running)."""
+
+
+def _stop(signum, frame) -> None:
+    from tasks.progress import request_stop
+
+    request_stop()  # the worker threads' loops end their clip at the next frame
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    try:
+        previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread (an embedding): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command; SIGTERM and Ctrl-C stop it cleanly with 143 and 130."""
+    with _sigterm_as_interrupt():
+        try:
+            return _main(argv)
+        except BaseException as e:
+            # Prefect turns SIGTERM into its TerminationSignal while a flow runs, then sends
+            # it again to the handler before its own (ours), which raises Terminated.
+            prefect = sys.modules.get("prefect.exceptions")  # not imported for a quick refusal
+            term_types = (Terminated,) + ((prefect.TerminationSignal,) if prefect else ())
+            if not isinstance(e, (KeyboardInterrupt, *term_types)):
+                raise
+            term = isinstance(e, term_types)
+            print(f"preannotate: stopped by {'SIGTERM' if term else 'Ctrl-C'}; finished work "
+                  "is kept, a rerun goes on from there", file=sys.stderr)
+            return 128 + (signal.SIGTERM if term else signal.SIGINT)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     _prefect_defaults(verbose)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler()
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[console])
+    logging.getLogger("tasks").setLevel(logging.INFO)  # to the server; the terminal filters
+    for chatty in ("httpx", "httpcore"):  # a line per API request would bury ours under -v
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.command == "review":
         from flows import review
 
@@ -158,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         uri, config = _resolve(args)
         if args.command == "compact" and not args.out:
             raise ConfigError("--out is required")
+        _check_input(args.command, uri, config)
         from flows.bars import bars
 
         with bars(False if args.command == "serve" else None):
@@ -176,6 +238,18 @@ def main(argv: list[str] | None = None) -> int:
             or (convert and convert["counts"].get("failed"))):
         return EXIT_FAILED
     return EXIT_BLOCKED if convert and convert["counts"].get("blocked") else EXIT_OK
+
+
+def _check_input(command: str, uri: str, config: str | None) -> None:
+    """A dataset that is not there is a bad argument: refused in a second, before Prefect
+    starts, with one line (exit 2). `serve` waits for data to come; `snapshot` reads OUT."""
+    if command in ("serve", "snapshot") or uri.rstrip("/").lower().endswith((".parquet", ".pq")):
+        return
+    from tasks.recipe import load_recipe
+    from tasks.storage import open_location, require_input
+
+    recipe = load_recipe(config)
+    require_input(open_location(uri, recipe.storage))
 
 
 def _run(args, uri: str, config: str | None) -> dict:
@@ -262,6 +336,10 @@ def _report(summary: dict, as_json: bool) -> None:
     for reason, n in sorted(convert["reasons"].items()):
         status, reason = reason.split(":", 1) if ":" in reason else ("blocked", reason)
         print(f"  {status} {n} x {reason}")
+    from tasks.batch import ignored_lines
+
+    for line in ignored_lines(convert.get("ignored") or {}, convert["items_uri"]):
+        print(line)
     print(f"items table: {convert['items_uri']}")
     if "detect" in summary:
         d = summary["detect"]
@@ -285,7 +363,11 @@ def _report(summary: dict, as_json: bool) -> None:
               f"{len(e['failed'])} failed")
     if summary.get("review"):
         r = summary["review"]
-        print(f"review: {r['tasks']} task(s) per {r['unit']}, {r['new']} new, queue {r['queue']}")
+        if r.get("skipped"):
+            print(f"review: no tasks made: {r['skipped']}")
+        else:
+            print(f"review: {r['tasks']} task(s), one per {r['unit']}, {r['new']} new, "
+                  f"queue {r['queue']}")
     for stage in ("detect", "track", "export"):
         for f in (summary.get(stage) or {}).get("failed", []):
             print(f"  {stage} failed: {f.get('unit') or f.get('clip')}: {f['error']}")

@@ -74,22 +74,28 @@ def export_stage(uri: str, out: str, recipe: Recipe, config: str | None = None,
 def export_flow(uri: str, out: str, config: str | None = None, formats: list[str] | None = None,
                 spans: str | None = None) -> dict[str, Any]:
     recipe = load_recipe(config)
+    check_review_queue(recipe, out)
     with one_writer(out, recipe, "preannotate export"):
         return export_stage(uri, out, recipe, config, formats, spans)
+
+
+def check_review_queue(recipe, out: str) -> None:
+    """The queue checked before any work (also when a deployment starts the flow), and why
+    there will be none said up front."""
+    from tasks.review.handoff import check_queue
+
+    why = check_queue(recipe, out)
+    if why:
+        get_run_logger().warning("review: %s", why)
 
 
 def check_export_args(recipe, uri: str, out: str, spans: str | None) -> None:
     """What can be refused before Prefect starts: backends, the queue URL, the spans file."""
     if not is_table(uri):
         check_before_start(recipe, out, None)
-    if recipe.review.db:
-        from tasks.errors import ConfigError
-        from tasks.review.queue import QueueError, parse_url
+    from tasks.review.handoff import check_queue
 
-        try:
-            parse_url(recipe.review.db)  # a malformed queue URL fails before any work
-        except QueueError as e:
-            raise ConfigError(f"review.db: {e}") from e
+    check_queue(recipe, out)  # a queue that cannot work fails before any work
     if spans:
         from tasks.labels import load_label_tree
         from tasks.spans import load_spans

@@ -150,6 +150,7 @@ def apply_reviews(dataset: str, out: str, config: str | None) -> dict[str, Any]:
 def run(args) -> tuple[int, Any]:
     """Do one review action; returns (exit code, JSON-able result)."""
     from tasks.review.handoff import open_queue, rebuild_reviews, submit_result
+    from tasks.review.limits import check_size
 
     recipe, _ = _recipe_for(args)
     queue = open_queue(recipe, args.out or ".", args.db)
@@ -176,6 +177,7 @@ def run(args) -> tuple[int, Any]:
         if action == "complete":
             task = queue.get(args.id)
             recipe, config = _recipe_for(args, task.payload)
+            check_size(Path(args.result).stat().st_size, recipe.review.limits)  # before reading
             data = Path(args.result).read_bytes()
             fmt = args.fmt or guess_format(data)
             done = submit_result(queue, args.id, args.worker, data, fmt, recipe)

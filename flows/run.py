@@ -18,7 +18,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.states import Completed, Failed
 
 from flows.convert import _io
-from flows.export import check_export_args, export_flow, export_stage
+from flows.export import check_review_queue, check_export_args, export_flow, export_stage
 from flows.runners import (flow_runner, one_writer, run_command, scaled_out, stage_limit, stage_runner,
                            submit_bounded)
 from tasks import progress
@@ -92,6 +92,7 @@ def run_flow(uri: str, out: str, config: str | None = None):
     are verdicts, not failures) or Failed when a unit failed, with the counts as message."""
     logger = get_run_logger()
     recipe = load_recipe(config)
+    check_review_queue(recipe, out)
     watching = progress.current()
     installed = watching is None
     if installed:

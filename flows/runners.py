@@ -391,18 +391,40 @@ def _ray_address(ray, address: str | None) -> str:
 def one_writer(out: str, recipe: Recipe, what: str) -> Iterator[None]:
     """The body as OUT's one writer (`tasks.lock.WriterLock`): a second run on the same OUT is
     refused with a message naming the first."""
+    from prefect.exceptions import TerminationSignal
+
+    from tasks import progress
     from tasks.lock import WriterLock
     from tasks.storage import open_location
 
+    progress.request_stop(False)
     with WriterLock(open_location(out, recipe.storage), what):
-        yield
+        try:
+            yield
+        except (KeyboardInterrupt, TerminationSignal):
+            # SIGTERM or Ctrl-C reaches this thread while it waits on the stage's tasks:
+            # tell their loops to end now, or the runner would wait for every clip in hand.
+            progress.request_stop()
+            raise
 
 
 def run_command(flow, recipe: Recipe, **parameters):
     """A command's one flow run: on the recipe's task runner, inside its cluster
     (`scaled_out`), with flow heartbeats only where someone can watch them."""
+    from prefect.settings import PREFECT_API_URL
+
+    hooks = {"on_running": [_print_ui_link]} if PREFECT_API_URL.value() else {}
     with _heartbeats_where_watched(), scaled_out(recipe):
-        return flow.with_options(task_runner=flow_runner(recipe))(**parameters)
+        return flow.with_options(task_runner=flow_runner(recipe), **hooks)(**parameters)
+
+
+def _print_ui_link(flow, flow_run, state) -> None:
+    """Where to watch the run, when a server someone can open is configured."""
+    from prefect.utilities.urls import url_for
+
+    link = url_for(flow_run)
+    if link:
+        print(f"Prefect UI: {link}", file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -109,10 +109,16 @@ def _check_tracker(recipe) -> None:
     from models import registry
     from tasks.errors import ConfigError
 
+    name = recipe.track.tracker
     try:
-        registry.create("tracker", recipe.track.tracker, **recipe.track.options)
+        create = registry.factory("tracker", name)
+    except (ValueError, ImportError) as e:
+        raise ConfigError(f"{recipe.source}: track.tracker {name!r}: {e}") from e
+    try:
+        registry.check_options(create, recipe.track.options)
+        create(**recipe.track.options)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"track.tracker {recipe.track.tracker!r}: {e}") from e
+        raise ConfigError(f"{recipe.source}: track.options of tracker {name!r}: {e}") from e
 
 
 def check_before_start(recipe, out: str, keyframes: str | None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tasks.clip import Mode, clean_work_dir, process_clip
 from tasks.ingest import ClipSource, plan_clips
-from tasks.items import assign_timeline, write_items
+from tasks.items import IGNORED_FILE, assign_timeline, read_ignored, write_ignored, write_items
 from tasks.recipe import Recipe
 from tasks.storage import Location, open_location, redact
 
@@ -26,6 +26,7 @@ class BatchSummary:
     total: int
     counts: dict[str, int]
     reasons: dict[str, int] = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)  # files not ingested, by reason
 
     @property
     def blocked(self) -> int:
@@ -41,12 +42,22 @@ class BatchSummary:
         out += [f"  {status} {n} x {reason}" for (status, reason), n in sorted(
             (tuple(k.split(":", 1)) if ":" in k else ("blocked", k), n)
             for k, n in self.reasons.items())]
+        out += ignored_lines(self.ignored, self.items_uri)
         out.append(f"items table: {self.items_uri}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"items_uri": self.items_uri, "total": self.total, "counts": dict(self.counts),
-                "reasons": dict(self.reasons)}
+                "reasons": dict(self.reasons), "ignored": dict(self.ignored)}
+
+
+def ignored_lines(ignored: dict[str, int], items_uri: str) -> list[str]:
+    """What was not ingested and why, for people (the files are in ``ignored.parquet``)."""
+    if not ignored:
+        return []
+    where = items_uri.rsplit("/", 1)[0] + "/" + IGNORED_FILE
+    return [f"  ignored {n} file(s) x {reason}" for reason, n in sorted(ignored.items())] + [
+        f"ignored files: {where}"]
 
 
 def plan_batch(src_uri: str, out_uri: str, recipe: Recipe) -> list[ClipSource]:
@@ -54,7 +65,9 @@ def plan_batch(src_uri: str, out_uri: str, recipe: Recipe) -> list[ClipSource]:
     src = open_location(src_uri, recipe.storage)
     out = open_location(out_uri, recipe.storage)
     same_store = src.protocol == out.protocol
-    clips = plan_clips(src, recipe, exclude=out.root if same_store else None)
+    ignored: list[tuple[str, int, str]] = []
+    clips = plan_clips(src, recipe, exclude=out.root if same_store else None, ignored=ignored)
+    write_ignored(out, ignored)
     clean_work_dir(out)
     return clips
 
@@ -82,8 +95,9 @@ def finish_batch(out_uri: str, recipe: Recipe, records: list[dict[str, Any]]) ->
     counts = Counter(r["status"] for r in rows)
     reasons = Counter(r["reason"] if r["status"] == "blocked" else f"failed:{r['reason']}"
                       for r in rows if r["status"] in ("blocked", "failed"))
+    ignored = Counter(read_ignored(out))
     return BatchSummary(items_uri=out.url(path), total=len(rows), counts=dict(counts),
-                        reasons=dict(reasons))
+                        reasons=dict(reasons), ignored=dict(ignored))
 
 
 def run_batch(src_uri: str, out_uri: str, recipe: Recipe, mode: Mode) -> BatchSummary:

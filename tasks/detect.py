@@ -59,12 +59,16 @@ def make_detector(recipe: Recipe) -> Detector:
     options = dict(recipe.detect.options)
     try:
         create = registry.factory("detector", name)
+    except (ValueError, ImportError) as e:
+        raise ConfigError(f"{recipe.source}: detect.backend {name!r}: {e}") from e
+    try:
+        registry.check_options(create, options)
         accepts = inspect.signature(create).parameters
         if "device" in accepts and "device" not in options:
             options["device"] = recipe.detect.device
         return create(**options)
     except (ValueError, TypeError, ImportError, OSError) as e:
-        raise ConfigError(f"detect.backend {name!r}: {e}") from e
+        raise ConfigError(f"{recipe.source}: detect.options of backend {name!r}: {e}") from e
 
 
 def is_converted(record: dict[str, Any]) -> bool:
@@ -266,7 +270,14 @@ class _Columns:
         if not keep.any():
             return
         model = np.array([model_labels[c] for c in boxes.class_id.tolist()], dtype=object)
-        self.parts.append((sampled.index, sampled.seconds, boxes[keep], names[keep], model[keep]))
+        boxes, names, model = boxes[keep], names[keep], model[keep]
+        # One order within a frame whatever order the model's NMS gave: best score first,
+        # then position, then label (so reruns write the same bytes).
+        xyxy = boxes.xyxy
+        order = np.lexsort((names.astype(str), xyxy[:, 3], xyxy[:, 2], xyxy[:, 1], xyxy[:, 0],
+                            -boxes.confidence))
+        self.parts.append((sampled.index, sampled.seconds, boxes[order], names[order],
+                           model[order]))
 
     def table(self, record: dict[str, Any]) -> pa.Table:
         if not self.parts:

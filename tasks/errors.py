@@ -18,6 +18,10 @@ class ConfigError(PipelineError):
     """A recipe or argument is invalid; raised before any work starts."""
 
 
+class InputNotFoundError(ConfigError):
+    """The dataset URI names nothing: a bad argument, not a storage fault worth a retry."""
+
+
 class StorageError(PipelineError):
     """Reading or writing the object store failed (the only kind of error worth a retry)."""
 

@@ -50,9 +50,11 @@ def clip_id_for(source_uri: str) -> str:
     return hashlib.sha1(source_uri.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def plan_clips(src: Location, recipe: Recipe, exclude: str | None = None) -> list[ClipSource]:
-    """List ``src`` and return its clips, recordings and clips both in natural order."""
-    objects = list_objects(src, recipe.ingest.extensions, exclude=exclude)
+def plan_clips(src: Location, recipe: Recipe, exclude: str | None = None,
+               ignored: list[tuple[str, int, str]] | None = None) -> list[ClipSource]:
+    """List ``src`` and return its clips, recordings and clips both in natural order; files
+    that are not clips go to ``ignored`` with the reason."""
+    objects = list_objects(src, recipe.ingest.extensions, exclude=exclude, ignored=ignored)
     groups: dict[tuple[str, ...], list[tuple[str, SourceObject]]] = defaultdict(list)
     for obj in objects:
         # Keys are data: strip the root as text (relpath would resolve "..") and keep

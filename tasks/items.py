@@ -19,6 +19,9 @@ from tasks.storage import Location, read_bytes, write_bytes_atomic
 
 STATE_DIR = "_state/clips"
 ITEMS_FILE = "items.parquet"
+IGNORED_FILE = "ignored.parquet"
+IGNORED_SCHEMA = pa.schema([("source_uri", pa.string()), ("source_size", pa.int64()),
+                           ("reason", pa.string())])
 
 # Column, type, description. The README's schema section is generated from this list.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -137,6 +140,24 @@ def write_items(out: Location, records: Iterable[dict[str, Any]]) -> str:
     path = out.path(ITEMS_FILE)
     write_bytes_atomic(out, path, sink.getvalue().to_pybytes())
     return path
+
+
+def write_ignored(out: Location, ignored: list[tuple[str, int, str]]) -> None:
+    """``OUT/ignored.parquet``: every file under the dataset that is not a clip, with why
+    (rewritten on each listing, so it says what the last run saw)."""
+    table = pa.table({name: [row[i] for row in ignored] for i, name in
+                      enumerate(IGNORED_SCHEMA.names)}, schema=IGNORED_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(out, out.path(IGNORED_FILE), sink.getvalue().to_pybytes())
+
+
+def read_ignored(out: Location) -> list[str]:
+    """The reasons in ``OUT/ignored.parquet``, one per file (none when it cannot be read)."""
+    from tasks.tables import read_state_table
+
+    table = read_state_table(out, out.path(IGNORED_FILE))
+    return [] if table is None else table.column("reason").to_pylist()
 
 
 def read_items(out: Location) -> pa.Table | None:

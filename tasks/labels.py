@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import yaml
 
 from tasks.errors import ConfigError
+from tasks.safe_yaml import load_yaml
 
 SEPARATOR = "/"
 
@@ -57,7 +58,7 @@ def load_label_tree(path: str | Path) -> LabelTree:
         data: Any = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         try:
-            data = json.loads(text) if source.suffix.lower() == ".json" else yaml.safe_load(text)
+            data = json.loads(text) if source.suffix.lower() == ".json" else load_yaml(text)
         except (ValueError, yaml.YAMLError) as e:
             raise ConfigError(f"{source}: labels file is not valid YAML/JSON: {e}") from e
     paths: list[str] = []

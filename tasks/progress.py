@@ -114,6 +114,23 @@ def install(progress: RunProgress | None) -> RunProgress | None:
     return previous
 
 
+class Stopped(Exception):
+    """The process is stopping (SIGTERM or Ctrl-C): work loops end their unit now."""
+
+
+_stopping = threading.Event()
+
+
+def request_stop(stop: bool = True) -> None:
+    """Ask every work loop of this process to stop at its next frame (on SIGTERM or Ctrl-C,
+    so a clip's encode does not run on for minutes after a stop); False clears the request
+    (a new run starts)."""
+    if stop:
+        _stopping.set()
+    else:
+        _stopping.clear()
+
+
 class Meter:
     """Frames of one unit, passed on at most every ``every_s`` seconds (work loops call
     `add` per frame; a lock and a watcher per frame would cost more than the frame)."""
@@ -128,6 +145,8 @@ class Meter:
             progress.frames(stage, unit, 0, total)
 
     def add(self, frames: int = 1) -> None:
+        if _stopping.is_set():
+            raise Stopped(f"{self.stage} of {self.unit} stopped: the run is stopping")
         if self.progress is None:
             return
         self.pending += frames

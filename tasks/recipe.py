@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from configs import recipe_path
 from tasks.errors import ConfigError
+from tasks.safe_yaml import load_yaml
+
+
+MAX_RECIPE_BYTES = 1 << 20  # recipes are hand-written; a bigger file is a mistake or an attack
+MAX_LABEL_MAP = 20_000  # far beyond any model's classes (LVIS has 1,203)
 
 
 class _Section(BaseModel):
@@ -140,8 +145,9 @@ class ShotsConfig(_Section):
 class LabelsConfig(_Section):
     file: str | None = Field(None, description="labels file (tree or list of paths such as "
                              "'Task 1/Sub Task 1.2'); relative to the recipe")
-    map: dict[str, str] = Field(default_factory=dict, strict=False, description="model label -> "
-                                "dataset label; unmapped labels are dropped; empty keeps all")
+    map: dict[str, str] = Field(default_factory=dict, strict=False, max_length=MAX_LABEL_MAP,
+                                description="model label -> dataset label; unmapped labels are "
+                                "dropped; empty keeps all")
 
 
 class AssociateConfig(_Section):
@@ -216,6 +222,19 @@ class ExportConfig(_Section):
                               "recording, start_s, end_s, label) turned into per-frame labels")
 
 
+class ResultLimits(_Section):
+    """What one review result may hold: a reviewer's file is outside input, read whole and
+    stored in the queue, so its size is bounded before it is read."""
+
+    max_bytes: int = Field(64 << 20, ge=1024, le=1 << 31, description="largest result file, "
+                           "bytes (keyframes of a 10-minute clip with 100 tracks are ~10 MB)")
+    max_tracks: int = Field(10_000, ge=1, le=10_000_000, description="most tracks in a result")
+    max_boxes: int = Field(5_000_000, ge=1, le=1_000_000_000, description="most keyframe "
+                           "boxes in a result")
+    max_depth: int = Field(64, ge=8, le=500, description="deepest nesting of JSON objects "
+                           "and lists (tools' files need about 10)")
+
+
 class PriorityWeights(_Section):
     """A review task's priority: a weighted sum of its clip's (or track's) measures; higher
     is reviewed first. Each weight multiplies one measure."""
@@ -246,6 +265,7 @@ class ReviewConfig(_Section):
         default_factory=lambda: ["json", "cvat", "labelstudio", "dataloop"],
         description="import-ready files a task's payload points to (those exported)")
     priority: PriorityWeights = PriorityWeights()
+    limits: ResultLimits = ResultLimits()
 
 
 class Recipe(_Section):
@@ -263,6 +283,11 @@ class Recipe(_Section):
     compact: CompactConfig = CompactConfig()
     export: ExportConfig = ExportConfig()
     review: ReviewConfig = ReviewConfig()
+    _source: str = PrivateAttr("<recipe>")  # the file it came from, for messages
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     def convert_key(self) -> str:
         """Hash of every setting that changes a converted WebM or its verdict."""
@@ -325,7 +350,7 @@ def _file_digest(path: str | None) -> str | None:
 
 
 # Bump when detection or tracking output for the same settings changes.
-DETECTOR_VERSION = 2
+DETECTOR_VERSION = 3
 TRACKER_VERSION = 2
 
 # Bump when the converter's output for the same settings changes, so old outputs are redone.
@@ -336,11 +361,16 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
     """Load and validate a recipe; ``None`` loads the bundled ``configs/default.yaml``."""
     source = Path(path) if path is not None else recipe_path("default")
     try:
+        size = source.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"{source}: a recipe of {size:,} bytes; at most "
+                              f"{MAX_RECIPE_BYTES:,} are read (recipes are settings, not data: "
+                              "put long label lists in labels.file)")
         text = source.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{source}: cannot read recipe ({e.strerror or e})") from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -363,6 +393,11 @@ def _resolve_relative(data: Any, base: Path) -> None:
         block = data.get(section)
         if isinstance(block, dict) and isinstance(block.get(key), str) and "://" not in block[key]:
             block[key] = str((base / block[key]).resolve())
+    review = data.get("review")
+    if isinstance(review, dict) and isinstance(review.get("db"), str) \
+            and review["db"].startswith("sqlite:///") and not review["db"].startswith("sqlite:////"):
+        # sqlite:///relative/queue.db: relative to the recipe, like a labels file
+        review["db"] = "sqlite:///" + str((base / review["db"][len("sqlite:///"):]).resolve())
     for section in ("detect", "track"):
         options = (data.get(section) or {}).get("options") if isinstance(data.get(section), dict) \
             else None
@@ -378,10 +413,12 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe is a mapping of sections, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         lines = [_describe(err) for err in e.errors()]
         raise ConfigError(f"{source}: invalid recipe:\n  " + "\n  ".join(lines)) from None
+    recipe._source = source
+    return recipe
 
 
 def _describe(err: dict) -> str:

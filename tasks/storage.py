@@ -20,7 +20,7 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
-from tasks.errors import ConfigError, StorageError
+from tasks.errors import ConfigError, InputNotFoundError, PipelineError, StorageError
 from tasks.recipe import StorageConfig
 
 # Environment variables whose values must never appear in logs, tables or errors.
@@ -115,28 +115,48 @@ class SourceObject:
     version: str
 
 
-def list_objects(loc: Location, extensions: tuple[str, ...], exclude: str | None = None
-                 ) -> list[SourceObject]:
-    """Every file below the root whose name ends with one of ``extensions`` (any case)."""
+def list_objects(loc: Location, extensions: tuple[str, ...], exclude: str | None = None,
+                 ignored: list[tuple[str, int, str]] | None = None) -> list[SourceObject]:
+    """Every file below the root whose name ends with one of ``extensions`` (any case); the
+    others are appended to ``ignored`` as ``(url, size, reason)`` so none goes unaccounted."""
     wanted = tuple(e.lower() for e in extensions)
     try:
         loc.fs.invalidate_cache()
-        if not loc.fs.exists(loc.root):
-            raise StorageError(f"{redact(loc.url(loc.root))}: no such folder or prefix")
+        require_input(loc)
         found = loc.fs.find(loc.root, detail=True)
-    except StorageError:
+    except PipelineError:
         raise
     except (OSError, ValueError) as e:
         raise StorageError(f"cannot list {redact(loc.url(loc.root))}: {redact(str(e))}") from e
     objects = []
     for path, info in found.items():
-        if info.get("type") == "directory" or not path.lower().endswith(wanted):
-            continue
+        if info.get("type") == "directory" or path.endswith("/"):
+            continue  # a folder, or a bucket's folder marker
         if exclude and (path == exclude or path.startswith(exclude.rstrip("/") + "/")):
             continue  # our own outputs when OUT lies inside the dataset
+        if not path.lower().endswith(wanted):
+            if ignored is not None:
+                ext = posixpath.splitext(path)[1].lower()
+                why = (f"extension {ext} is not in ingest.extensions" if ext
+                       else "no extension (ingest.extensions lists what is ingested)")
+                ignored.append((redact(loc.url(path)), int(info.get("size") or 0), why))
+            continue
         objects.append(SourceObject(path=path, size=int(info.get("size") or 0),
                                     version=_version_token(info)))
     return objects
+
+
+def require_input(loc: Location) -> None:
+    """Raise `InputNotFoundError` when the dataset root does not exist (a mistyped folder or
+    prefix is the caller's mistake: refused at once, never retried)."""
+    if loc.fs.exists(loc.root):
+        return
+    try:  # s3fs answers False for a bucket it could not reach: a listing tells the two apart
+        listed = loc.fs.ls(loc.root, detail=False)
+    except FileNotFoundError:
+        listed = []
+    if not listed:
+        raise InputNotFoundError(f"{redact(loc.url(loc.root))}: no such folder or prefix")
 
 
 def _version_token(info: dict) -> str:

@@ -196,8 +196,10 @@ def with_params(params: Any, options: dict[str, Any]) -> Any:
     """``params`` (an OpenCV ``Params`` object) with ``options`` set on it; unknown names are
     a caller mistake (ValueError naming the known ones)."""
     known = sorted(n for n in dir(params) if not n.startswith("_"))
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise ValueError(f"unknown option{'s' * (len(unknown) > 1)} "
+                         f"{', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     for name, value in options.items():
-        if name not in known:
-            raise ValueError(f"unknown option {name!r}; known: {', '.join(known)}")
         setattr(params, name, value)
     return params

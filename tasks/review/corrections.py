@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 
 from tasks.exports.base import ClipInfo, FormatError
 from tasks.keyframes import BOX, KEYFRAME_SCHEMA, expand, sort_tracks
+from tasks.recipe import ResultLimits
 from tasks.storage import Location
 from tasks.tables import TRACKS_FILE_SCHEMA, with_attributes, write_table
 
@@ -58,21 +59,29 @@ _MAX_TRACK_ID = 1 << 22
 
 
 def read_reviewed(data: bytes, fmt: str, clip: ClipInfo,
-                  labels: Collection[str] | None = None) -> pa.Table:
-    """The result's keyframes (`KEYFRAME_SCHEMA`), or `FormatError` naming what is wrong."""
+                  labels: Collection[str] | None = None,
+                  limits: ResultLimits | None = None) -> pa.Table:
+    """The result's keyframes (`KEYFRAME_SCHEMA`), or `FormatError` naming what is wrong;
+    ``limits`` (the recipe's ``review.limits``) bound size, nesting, tracks and boxes."""
     from tasks.export import format_module
+    from tasks.review.limits import check_before_parsing, check_counts
 
+    limits = limits or ResultLimits()
     if fmt not in REVIEWABLE_FORMATS:
         raise FormatError(f"result format {fmt!r} is not one a review can come back in; "
                           f"choose from {', '.join(REVIEWABLE_FORMATS)}")
     if not data or not data.strip():
         raise FormatError("the result is empty")
+    check_before_parsing(data, limits)
     try:
         table = format_module(fmt).read(data, clip)
     except FormatError:
         raise
+    except RecursionError as e:  # XML nesting, or JSON inside an attribute string
+        raise FormatError(f"not a readable {fmt} file: nested too deeply") from e
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise FormatError(f"not a readable {fmt} file: {type(e).__name__}: {e}") from e
+    check_counts(table, limits)
     if table.num_rows and pc.max(table["track_id"]).as_py() >= _MAX_TRACK_ID:
         raise FormatError(f"track id {pc.max(table['track_id']).as_py()} is too large "
                           f"(at most {_MAX_TRACK_ID - 1})")

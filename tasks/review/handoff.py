@@ -56,6 +56,35 @@ def open_queue(recipe: Recipe, out_uri: str, url: str | None = None):
     return ReviewQueue(chosen, max_attempts=recipe.review.max_attempts)
 
 
+def check_queue(recipe: Recipe, out_uri: str) -> str | None:
+    """Open the recipe's review queue once before any work, so a queue that cannot work (a
+    missing folder, an unreachable server, bad credentials) is refused at the start rather
+    than after the whole pipeline ran. Returns why no queue will be used, or None."""
+    if not recipe.review.enqueue:
+        return None
+    out = open_location(out_uri, recipe.storage)
+    if not recipe.review.db:
+        if not out.is_local:
+            return NO_QUEUE_IN_BUCKET
+        return None  # OUT/review.db: made with OUT, nothing to check
+    from tasks.review.queue import QueueError
+
+    try:
+        queue = open_queue(recipe, out_uri)
+        try:
+            queue.stats()
+        finally:
+            queue.close()
+    except QueueError as e:
+        raise ConfigError(f"review.db: {e}") from None
+    return None
+
+
+NO_QUEUE_IN_BUCKET = ("OUT is not a local folder and review.db is not set, so no review tasks "
+                      "are made (SQLite cannot live in a bucket): set review.db to a "
+                      "postgresql:// URL or a local sqlite:/// file")
+
+
 # --- making tasks -------------------------------------------------------------------------------
 
 
@@ -194,7 +223,7 @@ def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
     out = open_location(out_uri, recipe.storage)
     if not (url or recipe.review.db) and not out.is_local:
         return {"queue": None, "tasks": 0, "new": 0, "unit": recipe.review.unit,
-                "skipped": "OUT is not a local folder and review.db is not set: no queue"}
+                "skipped": NO_QUEUE_IN_BUCKET}
     files = {(c["recording"], int(c["clip_index"])): c["files"] for c in clips}
     made = review_tasks(out, recipe, records, files, dataset, config)
     queue = open_queue(recipe, out_uri, url)
@@ -263,7 +292,7 @@ def validate_result(payload: dict[str, Any], data: bytes, fmt: str, recipe: Reci
     stored = load_review(out, record)
     ids = baseline["track_id"].to_pylist() + (stored.keyframes["track_id"].to_pylist() if stored else [])
     clip = dataclasses.replace(clip_info(out, record), new_track_ids_from=max(ids, default=0) + 1)
-    reviewed = read_reviewed(data, fmt, clip, _labels(out, recipe, baseline))
+    reviewed = read_reviewed(data, fmt, clip, _labels(out, recipe, baseline), recipe.review.limits)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:

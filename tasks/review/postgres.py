@@ -191,7 +191,9 @@ class PostgresBackend:
         self._conn = None
         conn = None
         try:
-            conn = self._psycopg.connect(self.conninfo, autocommit=True)
+            # An unreachable host answers nothing: give up after 10 s, not TCP's minutes.
+            extra = {} if "connect_timeout" in self.conninfo else {"connect_timeout": 10}
+            conn = self._psycopg.connect(self.conninfo, autocommit=True, **extra)
             conn.execute("SET TIME ZONE 'UTC'")
             # DDL only when something is missing: even CREATE INDEX IF NOT EXISTS locks the
             # table against writes, and would deadlock with workers already leasing.
@@ -297,7 +299,7 @@ class PostgresBackend:
 
     def list(self, state, limit, offset) -> list[Task]:
         where = "" if state is None else "WHERE state = %(state)s"
-        rows = self._run(f"SELECT {COLUMNS} FROM review_tasks {where} ORDER BY id "
+        rows = self._run(f"SELECT {COLUMNS} FROM review_tasks {where} ORDER BY priority DESC, id "
                          "LIMIT %(limit)s OFFSET %(offset)s",
                          {"state": None if state is None else str(state), "limit": limit,
                           "offset": offset})

@@ -285,7 +285,8 @@ class ReviewQueue:
         return self._backend.get(_id(task_id))
 
     def list(self, state: str | None = None, limit: int = 100, offset: int = 0) -> list[Task]:
-        """Tasks in id order, optionally only those in ``state``."""
+        """Tasks in the order `lease` hands them out (highest priority first, then oldest),
+        optionally only those in ``state``."""
         if state is not None:
             try:
                 state = State(state)

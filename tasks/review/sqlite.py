@@ -283,7 +283,7 @@ class SQLiteBackend:
     def list(self, state, limit, offset) -> list[Task]:
         where = "" if state is None else "WHERE state = ?"
         args = () if state is None else (str(state),)
-        rows = self._read(f"SELECT {COLUMNS} FROM review_tasks {where} ORDER BY id LIMIT ? OFFSET ?",
+        rows = self._read(f"SELECT {COLUMNS} FROM review_tasks {where} ORDER BY priority DESC, id LIMIT ? OFFSET ?",
                           (*args, limit, offset))
         return [_task(row) for row in rows]
 

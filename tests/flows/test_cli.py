@@ -37,8 +37,11 @@ def test_missing_out_is_a_usage_error():
 @pytest.mark.parametrize("command, recipe, message", [
     ("convert", "convert:\n  crf: 500\n", "convert.crf: must be at most 63"),
     ("track", "detect: {backend: nope}\n", "detect.backend 'nope': unknown detector"),
-    ("track", "track: {tracker: csrt, options: {bogus: 1}}\n", "track.tracker 'csrt': unknown option 'bogus'"),
+    ("track", "track: {tracker: csrt, options: {bogus: 1}}\n", "track.options of tracker 'csrt': unknown option 'bogus'"),
     ("track", "labels: {map: {person: x}, file: missing.yaml}\n", "cannot read labels file"),
+    ("detect", "detect: {backend: hog, options: {bogus: 1, scale: 1.1, other: 2}}\n",
+     "bad.yaml: detect.options of backend 'hog': unknown options 'bogus', 'other'; known: "
+     "win_stride, scale, min_score"),
 ])
 def test_bad_recipe_exits_2_before_work(tmp_path, dataset, capsys, command, recipe, message):
     config = tmp_path / "bad.yaml"
@@ -46,6 +49,31 @@ def test_bad_recipe_exits_2_before_work(tmp_path, dataset, capsys, command, reci
     code = main([command, str(dataset), "--out", str(tmp_path / "out"), "--config", str(config)])
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_input_folder_is_one_line_and_exit_2(tmp_path):
+    """A mistyped dataset is a bad argument: refused before Prefect starts (no retries, no
+    traceback), and nothing is written."""
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "tpyo"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"preannotate: {tmp_path / 'tpyo'}: no such folder or prefix"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("db, message", [
+    ("sqlite:///missing-dir/review.db", "unable to open database file"),
+    ("postgresql://nobody@127.0.0.1:9/nothing", "cannot open the review queue"),
+])
+def test_a_review_queue_that_cannot_work_is_refused_before_work(tmp_path, dataset, capsys, db,
+                                                                message):
+    config = tmp_path / "queue.yaml"
+    config.write_text(f"review: {{db: '{db}'}}\n")
+    code = main(["run", str(dataset), "--out", str(tmp_path / "out"), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "review.db" in err and message in err, err
     assert not (tmp_path / "out").exists()
 
 

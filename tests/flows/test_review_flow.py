@@ -108,6 +108,19 @@ def test_review_round_trip(exported, capsys, tmp_path):
     code, _ = _review(capsys, "complete", str(task["id"]), "--out", str(out), "--worker", "alice",
                       "--result", str(broken))
     assert code == EXIT_USAGE and "XML" in _review.err, _review.err
+    # Bounded (issue 15, point 7): nesting before parsing, size before reading (recipe).
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    code, _ = _review(capsys, "complete", str(task["id"]), "--out", str(out), "--worker", "alice",
+                      "--result", str(deep), "--format", "json")
+    assert code == EXIT_USAGE and "nests 100,000 levels deep" in _review.err, _review.err
+    small = tmp_path / "small-limits.yaml"
+    limited = yaml.safe_load(config.read_text())
+    limited["review"] = {**limited.get("review", {}), "limits": {"max_bytes": 1024}}
+    small.write_text(yaml.safe_dump(limited))
+    code, _ = _review(capsys, "complete", str(task["id"]), "--out", str(out), "--worker", "alice",
+                      "--result", str(result), "--config", str(small))
+    assert code == EXIT_USAGE and "review.limits.max_bytes allows 1,024" in _review.err, _review.err
     assert not (out / "reviews").exists()
     code, again = _review(capsys, "stats", "--out", str(out))
     assert again["leased"] == 1 and again["done"] == 0

@@ -93,6 +93,30 @@ def test_bad_clips_do_not_stop_the_batch(tmp_path, dataset):
         "skipped": 2, "blocked": 3}
 
 
+def test_every_file_is_accounted_for(tmp_path, dataset):
+    """A file that is not a clip is listed as ignored with its reason; an audio-only file
+    with a video extension is a clip, blocked with a reason (issue 15, point 11)."""
+    (dataset / "cam" / "notes.txt").write_text("shift 2")
+    (dataset / "cam" / "README").write_text("no extension")
+    synth.KINDS["audio_only"](dataset / "cam" / "voice.m4a")
+    synth.KINDS["audio_only"](dataset / "cam" / "voice.mp4")
+    out = tmp_path / "out"
+    summary = run_batch(str(dataset), str(out), parse_recipe({}), "convert")
+    assert summary.counts == {"converted": 2, "blocked": 1}
+    assert summary.reasons == {"no_video_stream": 1}
+    assert summary.ignored == {"extension .m4a is not in ingest.extensions": 1,
+                               "extension .txt is not in ingest.extensions": 1,
+                               "no extension (ingest.extensions lists what is ingested)": 1}
+    ignored = pq.read_table(out / "ignored.parquet").to_pylist()
+    assert sorted(os.path.basename(r["source_uri"]) for r in ignored) == [
+        "README", "notes.txt", "voice.m4a"]
+    assert "  ignored 1 file(s) x extension .txt is not in ingest.extensions" in summary.lines()
+    (dataset / "cam" / "notes.txt").unlink()  # the table says what the last listing saw
+    assert run_batch(str(dataset), str(out), parse_recipe({}), "convert").ignored == {
+        "extension .m4a is not in ingest.extensions": 1,
+        "no extension (ingest.extensions lists what is ingested)": 1}
+
+
 def test_output_inside_dataset_is_not_ingested(tmp_path, dataset):
     out = dataset / "out"
     run_batch(str(dataset), str(out), parse_recipe({}), "convert")

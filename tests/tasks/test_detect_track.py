@@ -120,7 +120,7 @@ def test_unmapped_labels_are_dropped(fresh_out):
 def test_bad_detector_settings_fail_before_work():
     with pytest.raises(ConfigError, match="detect.backend 'nope': unknown detector"):
         make_detector(_recipe(detect__backend="nope"))
-    with pytest.raises(ConfigError, match="detect.backend 'background'"):
+    with pytest.raises(ConfigError, match="detect.options of backend 'background': unknown option 'bogus'"):
         make_detector(_recipe(detect__options={"bogus": 1}))
 
 
@@ -288,3 +288,24 @@ def test_without_a_tracker_gaps_are_interpolated(fresh_out, tmp_path):
     assert rows["frame"].to_pylist() == list(range(10, 21))
     assert rows["source"].to_pylist() == ["human"] + ["interpolated"] * 9 + ["human"]
     assert np.allclose(rows["x1"][5].as_py(), (d0[0] + d1[0]) / 2)
+
+
+def test_detections_within_a_frame_have_one_order_whatever_the_model_gave():
+    """A model's NMS may list equal boxes in any order; the table does not (issue 15)."""
+    import numpy as np
+
+    from models.boxes import Boxes
+    from tasks.detect import _Columns, _Sampled
+
+    xyxy = np.array([[5, 5, 20, 20], [1, 1, 9, 9], [30, 2, 40, 12], [1, 1, 9, 10]], np.float32)
+    score = np.array([0.5, 0.9, 0.5, 0.9], np.float32)
+    record = {"recording": "cam", "clip_index": 0, "global_first_frame": 0}
+    tables = []
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        columns = _Columns()
+        columns.add(_Sampled(4, 0.16, np.zeros((1, 1, 3), np.uint8)),
+                    Boxes(xyxy[order], score[order], np.zeros(4, np.int32)), ["person"],
+                    {0: "person"})
+        tables.append(columns.table(record))
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    assert tables[0]["x1"].to_pylist() == [1, 1, 5, 30] and tables[0]["y2"].to_pylist()[:2] == [9, 10]

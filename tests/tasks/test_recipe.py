@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from configs import CONFIG_DIR
@@ -89,3 +91,48 @@ def test_a_new_model_file_at_the_same_path_changes_the_detect_key(tmp_path):
     model.write_bytes(b"two")
     os.utime(model, ns=(1, 1))  # a new mtime, as a copy would give
     assert recipe.detect_key() != first
+
+
+def test_a_relative_sqlite_queue_is_relative_to_the_recipe_file(tmp_path):
+    from tasks.recipe import load_recipe
+
+    (tmp_path / "recipes").mkdir()
+    config = tmp_path / "recipes" / "r.yaml"
+    config.write_text("review: {db: 'sqlite:///queues/review.db'}\n")
+    assert load_recipe(config).review.db == f"sqlite:///{tmp_path}/recipes/queues/review.db"
+    config.write_text("review: {db: 'sqlite:////srv/review.db'}\n")  # absolute: as written
+    assert load_recipe(config).review.db == "sqlite:////srv/review.db"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("convert:\n  crf: 30\nconvert:\n  crf: 20\n",
+     "not valid YAML at line 3, column 1: key 'convert' given twice (first at line 1)"),
+    ("detect: {every_nth: 2, every_nth: 3}\n",
+     "not valid YAML at line 1, column 24: key 'every_nth' given twice (first at line 1)"),
+])
+def test_a_key_given_twice_is_refused(tmp_path, text, message):
+    config = tmp_path / "dup.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: {message}")):
+        load_recipe(config)
+
+
+def test_a_key_given_twice_in_a_labels_file_is_refused(tmp_path):
+    from tasks.labels import load_label_tree
+
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("Task 1:\n  - a\nTask 1:\n  - b\n")
+    with pytest.raises(ConfigError, match="key 'Task 1' given twice"):
+        load_label_tree(labels)
+
+
+def test_huge_recipes_are_refused_quickly(tmp_path):
+    from tasks.recipe import MAX_LABEL_MAP, MAX_RECIPE_BYTES
+
+    config = tmp_path / "huge.yaml"
+    config.write_text("labels:\n  map:\n" + "".join(f"    l{i}: person\n" for i in range(400_000)))
+    assert config.stat().st_size > MAX_RECIPE_BYTES
+    with pytest.raises(ConfigError, match=r"a recipe of [\d,]+ bytes; at most 1,048,576"):
+        load_recipe(config)
+    with pytest.raises(ConfigError, match=f"labels.map: Dictionary should have at most {MAX_LABEL_MAP}"):
+        parse_recipe({"labels": {"map": {f"l{i}": "person" for i in range(MAX_LABEL_MAP + 1)}}})

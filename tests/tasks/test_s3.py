@@ -87,23 +87,23 @@ def test_s3_hostile_keys_never_escape_out(s3, samples):
 
 
 def test_s3_missing_prefix_is_a_clear_error_without_secrets(s3):
-    from tasks.errors import StorageError
+    from tasks.errors import InputNotFoundError
 
-    with pytest.raises(StorageError) as info:
+    with pytest.raises(InputNotFoundError) as info:
         run_batch(f"s3://{BUCKET}/nothing-here", f"s3://{BUCKET}/out", parse_recipe({}), "convert")
     assert "s3://videos/nothing-here: no such folder or prefix" in str(info.value)
     assert SECRET not in str(info.value)
 
 
 def test_s3_credentials_from_recipe_are_redacted(s3, s3_server, monkeypatch):
-    from tasks.errors import StorageError
+    from tasks.errors import PipelineError
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     recipe = parse_recipe({"storage": {"endpoint_url": s3_server, "key": "wrong-key-id",
                                        "secret": "recipe-secret-77Hx"}})
     s3.pipe(f"{BUCKET}/data/cam/1.mp4", b"x")
-    with pytest.raises(StorageError) as info:  # moto accepts any key; a missing prefix fails
+    with pytest.raises(PipelineError) as info:  # moto accepts any key; a missing prefix fails
         run_batch(f"s3://{BUCKET}/data-missing", f"s3://{BUCKET}/out", recipe, "ingest")
     assert "recipe-secret-77Hx" not in str(info.value)
     summary = run_batch(f"s3://{BUCKET}/data", f"s3://{BUCKET}/out", recipe, "ingest")

@@ -59,8 +59,12 @@ def test_listing_filters_extensions_any_case_and_excludes_out(tmp_path):
     assert all(o.version and o.size == 1 for o in found)
 
 
-def test_missing_source_is_a_storage_error(tmp_path):
-    with pytest.raises(StorageError, match="no such folder"):
+def test_a_missing_source_is_a_bad_argument_not_a_fault_to_retry(tmp_path):
+    from tasks.errors import ConfigError, InputNotFoundError
+
+    assert issubclass(InputNotFoundError, ConfigError) and not issubclass(InputNotFoundError,
+                                                                          StorageError)
+    with pytest.raises(InputNotFoundError, match="no such folder"):
         list_objects(open_location(str(tmp_path / "nope")), (".mp4",))
 
 

@@ -287,11 +287,14 @@ def test_stats_counts_states_and_expired_leases(queue):
 
 def test_list_and_get(queue):
     ids = queue.enqueue_many([(f"k{i}", float(i % 3), {"i": i}) for i in range(10)])
-    assert [t.id for t in queue.list()] == ids
-    assert [t.id for t in queue.list(limit=3, offset=4)] == ids[4:7]
+    # The order `lease` hands them out: highest priority first, then oldest.
+    order = sorted(ids, key=lambda i: (-(ids.index(i) % 3), i))
+    assert [t.id for t in queue.list()] == order
+    assert [t.id for t in queue.list(limit=3, offset=4)] == order[4:7]
     leased = [t.id for t in queue.lease_many("w", LIVE, 4)]
-    assert [t.id for t in queue.list(state="leased")] == sorted(leased)
-    assert [t.id for t in queue.list(State.QUEUED)] == [i for i in ids if i not in leased]
+    assert leased == order[:4]
+    assert [t.id for t in queue.list(state="leased")] == order[:4]
+    assert [t.id for t in queue.list(State.QUEUED)] == order[4:]
     assert queue.list(state="dead") == []
     assert queue.get(ids[5]).payload == {"i": 5}
     with pytest.raises(QueueError, match="unknown state 'finished'"):
