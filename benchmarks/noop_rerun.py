@@ -48,8 +48,9 @@ def one_second_clip(target: Path) -> Path:
         for i, frame in enumerate(src.decode(stream_in)):
             if i >= round(rate):
                 break
-            frame.pts = None
-            out.mux(stream.encode(frame.reformat(format="yuv420p")))
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1) / rate
+            out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return target
 

@@ -380,7 +380,7 @@ def _report(summary: dict, as_json: bool) -> None:
                 print(f"  {row['status']} {row['clip']}: {row['reason']}")
         base = summary["outputs"].rstrip("/")
         print(f"outputs: {base} (tables *.parquet, WebM per recording, exports in {base}/exports)")
-        if summary.get("previews"):
+        if summary.get("previews") or summary.get("previews_unchanged"):
             print(f"previews: {base}/previews (contact sheet and timeline per clip)")
         if (summary.get("review") or {}).get("queue"):
             print(f"review queue: {summary['review']['queue']} "

@@ -11,10 +11,10 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import one_writer, run_command, stage_limit, submit_bounded
+from flows.runners import one_writer, run_command, stage_limit, submit_unless_done
 from tasks import progress
 from tasks.batch import failed_record, finish_batch, plan_batch
-from tasks.clip import process_clip_uris
+from tasks.clip import process_clip_uris, reused_record_uri
 from tasks.errors import StorageError
 from tasks.recipe import Recipe, load_recipe
 
@@ -47,8 +47,9 @@ def convert_stage(uri: str, out: str, recipe: Recipe,
     watching = progress.current()
     if watching:
         watching.expect("convert", [c.source_uri for c in clips])
-    futures = submit_bounded(process_clip, [(clip, uri, out, recipe, mode) for clip in clips],
-                             stage_limit(recipe, recipe.run.max_parallel_clips))
+    futures = submit_unless_done(process_clip, [(clip, uri, out, recipe, mode) for clip in clips],
+                                 stage_limit(recipe, recipe.run.max_parallel_clips),
+                                 reused_record_uri)
     records = []
     for clip, future in zip(clips, futures):
         try:

@@ -11,10 +11,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.convert import _io, convert_stage
-from flows.runners import one_writer, run_command, stage_limit, submit_bounded
+from flows.runners import one_writer, run_command, stage_limit, submit_unless_done
 from tasks import progress
-from tasks.detect import (converted_records, detect_clip_uri, is_converted, make_detector,
-                          write_detections_uri)
+from tasks.detect import (converted_records, detect_clip_uri, detected_before_uri, is_converted,
+                          make_detector, write_detections_uri)
 from tasks.recipe import Recipe, load_recipe
 
 detect_clip = task(detect_clip_uri, name="detect", task_run_name="detect {record[clip_name]}", **_io)
@@ -32,8 +32,9 @@ def detect_stage(uri: str, out: str, recipe: Recipe) -> dict[str, Any]:
     watching = progress.current()
     if watching:
         watching.expect("detect", [r["source_uri"] for r in todo])
-    futures = submit_bounded(detect_clip, [(r, out, recipe) for r in todo],
-                             stage_limit(recipe, recipe.run.max_parallel_clips))
+    futures = submit_unless_done(detect_clip, [(r, out, recipe) for r in todo],
+                                 stage_limit(recipe, recipe.run.max_parallel_clips),
+                                 detected_before_uri)
     summaries, failed = [], []
     for record, future in zip(todo, futures):
         try:

@@ -11,11 +11,11 @@ from prefect import flow, get_run_logger, task
 
 from flows.compact import compact_stage, is_table
 from flows.convert import _io
-from flows.runners import one_writer, run_command, stage_limit, submit_bounded
+from flows.runners import one_writer, run_command, stage_limit, submit_unless_found
 from flows.track import check_before_start
 from tasks import progress
 from tasks.detect import converted_records, is_converted
-from tasks.export import export_clip_uri, finish_uri, parse_formats
+from tasks.export import exported_before_uri, export_clip_uri, finish_uri, parse_formats
 from tasks.recipe import Recipe, load_recipe
 from tasks.review.handoff import enqueue_reviews
 from tasks.spans import frame_labels_uri
@@ -42,8 +42,10 @@ def export_stage(uri: str, out: str, recipe: Recipe, config: str | None = None,
         for r in records:
             watching.finish("compact", r["source_uri"])
         watching.expect("export", [r["source_uri"] for r in records])
-    futures = submit_bounded(export_clip, [(r, out, recipe, formats) for r in records],
-                             stage_limit(recipe, recipe.run.max_parallel_clips))
+    calls = [(r, out, recipe, formats) for r in records]
+    futures = submit_unless_found(export_clip, calls,
+                                  stage_limit(recipe, recipe.run.max_parallel_clips),
+                                  exported_before_uri(out, recipe, records, formats))
     clips, failed = [], []
     for record, future in zip(records, futures):
         try:

@@ -24,7 +24,7 @@ from flows.runners import (flow_runner, one_writer, run_command, scaled_out, sta
 from tasks import progress
 from tasks.recipe import load_recipe
 from tasks.report import (artifact_rows, clip_preview_uri, clip_rows_uri, outcome_counts,
-                          outcome_line, stage_failures)
+                          outcome_line, previews_current_uri, stage_failures)
 
 clip_preview = task(clip_preview_uri, name="clip-previews",
                     task_run_name="previews {row[clip]}", **_io)
@@ -107,7 +107,10 @@ def run_flow(uri: str, out: str, config: str | None = None):
         with one_writer(out, recipe, "preannotate run"), scaled_out(recipe):
             summary = _stages(uri, out, recipe, config)
             rows = clip_rows_uri(out, recipe, summary)
+            # Previews (and their artifacts) only for clips whose previews changed.
             done = [r for r in rows if r["status"] == "done"]
+            current = previews_current_uri(done, out, recipe)
+            done = [r for r, same in zip(done, current) if not same]
             futures = submit_bounded(clip_preview, [(r, out, recipe) for r in done],
                                      stage_limit(recipe, recipe.run.max_parallel_clips))
             previews = {}
@@ -130,7 +133,8 @@ def run_flow(uri: str, out: str, config: str | None = None):
             create_markdown_artifact(previews[row["clip"]]["markdown"], key=_artifact_key(row),
                                      description=f"{row['clip']}: previews")
     result = {**summary, "outputs": out, "clips": rows, "outcomes": counts,
-              "previews": {clip: p["files"] for clip, p in previews.items()}}
+              "previews": {clip: p["files"] for clip, p in previews.items()},
+              "previews_unchanged": sum(current)}
     logger.info("run finished: %s", line)
     others = [f for f in stage_failures(summary) if not f.get("clip")]
     if others:  # a failure that is no clip's (the review queue): the run failed too

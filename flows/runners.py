@@ -34,7 +34,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -475,3 +475,46 @@ def submit_bounded(task, calls: list[tuple], limit: int | None) -> list:
 def stage_limit(recipe: Recipe, threads: int) -> int | None:
     """A stage's concurrency limit: ``threads`` on the thread runner, none on a cluster."""
     return threads if recipe.run.task_runner == "thread" else None
+
+
+class Done:
+    """A unit found done before any task ran; reads like a finished future."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def look_up(done, calls: list[tuple], threads: int = 16) -> list:
+    """``done(*call)`` for every call, in a thread pool (a state read on a bucket is a round
+    trip): each unit's result when it is done already, else None. A look-up that fails is
+    None: the task does the unit, and reports what is wrong."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def look(call: tuple):
+        try:
+            return done(*call)
+        except Exception:
+            return None
+
+    if not calls:
+        return []
+    with ThreadPoolExecutor(min(threads, len(calls)), thread_name_prefix="look-up") as pool:
+        return list(pool.map(look, calls))
+
+
+def submit_unless_done(task, calls: list[tuple], limit: int | None, done) -> list:
+    """`submit_bounded` for the units `look_up` does not find done: a unit that is done costs
+    a state read here and no task run (a task run is ~30 ms of Prefect bookkeeping: minutes
+    for 10,000 unchanged clips). Returns futures (or `Done`) in call order."""
+    return submit_unless_found(task, calls, limit, look_up(done, calls))
+
+
+def submit_unless_found(task, calls: list[tuple], limit: int | None, found: list) -> list:
+    """`submit_bounded` for the calls whose entry in ``found`` is None; the others are `Done`
+    with that value."""
+    todo = [call for call, value in zip(calls, found) if value is None]
+    submitted = iter(submit_bounded(task, todo, limit))
+    return [Done(value) if value is not None else next(submitted) for value in found]

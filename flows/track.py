@@ -10,13 +10,13 @@ from prefect import flow, get_run_logger, task
 
 from flows.convert import _io
 from flows.detect import detect_stage
-from flows.runners import one_writer, run_command, stage_limit, submit_bounded
+from flows.runners import Done, look_up, one_writer, run_command, stage_limit, submit_bounded
 from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import Recipe, load_recipe
 from tasks.storage import open_location
 from tasks.track import (ReviewStorageError, finish_clip_uri, load_keyframes, plan_clip_uri,
-                         run_object_uri, track_key, write_tracks_uri)
+                         run_object_uri, track_key, tracked_before_uri, write_tracks_uri)
 
 plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
 run_object = task(run_object_uri, name="track-object",
@@ -56,21 +56,26 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
             return None
 
     clips_at_once = stage_limit(recipe, recipe.run.max_parallel_clips)
-    planned = submit_bounded(plan_clip, [(r, out, recipe, keyframes, key) for r in todo],
+    # A clip with nothing left to do (planned, assembled, its review applied) runs no task.
+    found = look_up(tracked_before_uri, [(r, out, recipe, key) for r in todo])
+    done = {r["output_uri"]: Done(f) for r, f in zip(todo, found) if f is not None}
+    fresh = [r for r in todo if r["output_uri"] not in done]
+    planned = submit_bounded(plan_clip, [(r, out, recipe, keyframes, key) for r in fresh],
                              clips_at_once)
-    plans = [settle(f, f"plan {r['output_uri']}", r) for r, f in zip(todo, planned)]
-    units = [(r, tid) for r, p in zip(todo, plans) if p for tid in p["objects"]]
+    plans = [settle(f, f"plan {r['output_uri']}", r) for r, f in zip(fresh, planned)]
+    units = [(r, tid) for r, p in zip(fresh, plans) if p for tid in p["objects"]]
     futures = submit_bounded(run_object, [(r, out, recipe, key, tid) for r, tid in units],
                              stage_limit(recipe, recipe.track.max_parallel))
     broken_clips: set[str] = set()
     for (record, tid), future in zip(units, futures):
         if settle(future, f"track {record['output_uri']} #{tid}", record) is None:
             broken_clips.add(record["output_uri"])
-    ready = [(r, p) for r, p in zip(todo, plans) if p and r["output_uri"] not in broken_clips]
+    ready = [(r, p) for r, p in zip(fresh, plans) if p and r["output_uri"] not in broken_clips]
     futures = submit_bounded(finish_clip, [(r, out, recipe, key, p["objects"]) for r, p in ready],
                              clips_at_once)
+    done.update((r["output_uri"], f) for (r, _), f in zip(ready, futures))
     summaries, applied = [], []
-    for (record, _), future in zip(ready, futures):
+    for record, future in ((r, done[r["output_uri"]]) for r in todo if r["output_uri"] in done):
         try:
             finished = future.result()
         except ReviewStorageError as e:  # its table is assembled: the machine's tracks stand

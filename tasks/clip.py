@@ -37,12 +37,8 @@ TMP_DIR = ".tmp"
 def process_clip(clip: ClipSource, src: Location, out: Location, recipe: Recipe,
                  mode: Mode) -> dict[str, Any]:
     """Return the clip's record for this run, doing only the work that is not done yet."""
-    previous = load_record(out, clip.clip_id)
-    reused = _reuse(previous, clip, out, recipe, mode)
+    reused = reused_record(clip, out, recipe, mode)
     if reused is not None:
-        if reused.get("output_version") != previous.get("output_version"):
-            # Same bytes under a new token (checked by hash): remember it, hash once only.
-            save_record(out, clip.clip_id, {**previous, "output_version": reused["output_version"]})
         return reused
     record = _base_record(clip)
     with _opened(src, clip) as reader:
@@ -65,6 +61,24 @@ def process_clip(clip: ClipSource, src: Location, out: Location, recipe: Recipe,
     log.info("%s: %s%s", clip.source_uri, record["status"],
              f" ({record['reason']}: {record['detail']})" if record["reason"] else "")
     return record
+
+
+def reused_record(clip: ClipSource, out: Location, recipe: Recipe,
+                  mode: Mode) -> dict[str, Any] | None:
+    """The clip's record for this run when its earlier work still holds, read from its state
+    record without opening the source; None when there is work to do."""
+    previous = load_record(out, clip.clip_id)
+    reused = _reuse(previous, clip, out, recipe, mode)
+    if reused is not None and reused.get("output_version") != previous.get("output_version"):
+        # Same bytes under a new token (checked by hash): remember it, hash once only.
+        save_record(out, clip.clip_id, {**previous, "output_version": reused["output_version"]})
+    return reused
+
+
+def reused_record_uri(clip: ClipSource, src_uri: str, out_uri: str, recipe: Recipe,
+                      mode: Mode) -> dict[str, Any] | None:
+    """`reused_record` with the arguments of `process_clip_uris` (the flow's look-up)."""
+    return reused_record(clip, open_location(out_uri, recipe.storage), recipe, mode)
 
 
 def _reuse(previous, clip: ClipSource, out: Location, recipe: Recipe, mode: Mode):

@@ -38,7 +38,8 @@ from tasks.probe import choose_video_stream, open_media
 from tasks.motion import CameraMotion
 from tasks.recipe import Recipe
 from tasks.shots import ANALYSIS_SIDE, CutFinder, write_shots
-from tasks.storage import Location, open_read, read_bytes, size_of, write_bytes_atomic
+from tasks.storage import (Location, open_location, open_read, read_bytes, size_of,
+                           write_bytes_atomic)
 from tasks.geometry import fit_within
 from tasks.tables import (DETECTION_SCHEMA, concat, read_state_json, read_state_table, read_table,
                           readable_parquet, with_global_frame, write_table)
@@ -150,6 +151,18 @@ def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, An
             and meta.get("webm") == webm_identity(record) and readable_parquet(out, table_path)):
         return meta
     return None
+
+
+def detected_before_uri(record: dict[str, Any], out_uri: str,
+                        recipe: Recipe) -> dict[str, Any] | None:
+    """The clip's detect summary when its detections are done for these settings, else None
+    (the flow's look-up: no task run for a clip with nothing to do)."""
+    out = open_location(out_uri, recipe.storage)
+    previous = done_before(out, record, recipe.detect_key())
+    if previous is None:
+        return None
+    return {"recording": record["recording"], "clip_index": record["clip_index"],
+            "clip_name": record["clip_name"], **previous, "status": "skipped"}
 
 
 def webm_identity(record: dict[str, Any]) -> list:

@@ -150,6 +150,66 @@ def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> di
             "unchanged": unchanged}
 
 
+def exported_before(out: Location, records: list[dict[str, Any]],
+                    formats: list[str]) -> list[dict[str, Any] | None]:
+    """For each clip, what `export_clip` would return when every asked format's files are
+    current (same keyframes, clip and writer; files there with their sizes), else None. One
+    read of the keyframes table for all clips, then a state read and a look at each file
+    per clip (in a thread pool), so an unchanged batch runs no export task."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.ingest import clip_id_for
+    from tasks.tables import table_digest
+
+    keyframes = read_table(out, out.path(KEYFRAMES_FILE))
+    if keyframes is None or not records:
+        return [None] * len(records)
+    keyframes = keyframes.cast(KEYFRAME_SCHEMA)
+    all_labels = sorted(set(keyframes["label"].to_pylist()))
+    slices = _clip_slices(keyframes)
+    wanted = [f for f in formats if f != "parquet"]
+
+    def look(record: dict[str, Any]) -> dict[str, Any] | None:
+        rows = slices.get((record["recording"], int(record["clip_index"])))
+        rows = rows if rows is not None else keyframes.slice(0, 0)
+        base = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION)
+        state = read_state_json(out, out.path(EXPORT_STATE_DIR,
+                                              f"{clip_id_for(record['source_uri'])}.json"))
+        if not isinstance(state, dict):
+            return None
+        files = {}
+        for fmt in wanted:
+            before = state.get(fmt)
+            if not (before and before["digest"] == _format_digest(base, fmt, all_labels) and all(
+                    size_of(out, path) == size for path, size in before["sizes"].items())):
+                return None
+            files[fmt] = before["files"]
+        return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
+                "tracks": len(set(rows["track_id"].to_pylist())), "keyframes": rows.num_rows,
+                "files": files, "written": [], "unchanged": sorted(wanted)}
+
+    with ThreadPoolExecutor(16, thread_name_prefix="look-up") as pool:
+        return list(pool.map(look, records))
+
+
+def _clip_slices(keyframes: pa.Table) -> dict[tuple[str, int], pa.Table]:
+    """Each clip's rows of the keyframes table, in table order (`clip_keyframes` for all
+    clips at once: one sort, not one scan per clip)."""
+    recording = keyframes["recording"].to_pylist()
+    clip = keyframes["clip_index"].to_numpy(zero_copy_only=False)
+    names = {name: i for i, name in enumerate(sorted(set(recording)))}
+    codes = np.array([names[r] for r in recording], np.int64)
+    order = np.lexsort((clip, codes))  # stable: table order within a clip
+    if not order.size:
+        return {}
+    keys = np.column_stack([codes[order], clip[order]])
+    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
+    ends = np.r_[starts[1:], order.size]
+    back = {i: name for name, i in names.items()}
+    return {(back[int(keys[a, 0])], int(keys[a, 1])): keyframes.take(order[a:b])
+            for a, b in zip(starts, ends)}
+
+
 def _format_digest(base: str, fmt: str, labels: list[str]) -> str:
     """What one format's files depend on: the clip (``base``) and, for MOT, whose class ids
     number every clip's labels, the labels of the whole table."""
@@ -189,6 +249,11 @@ def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[s
 
 def export_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe, formats: list[str]):
     return export_clip(record, open_location(out_uri, recipe.storage), formats)
+
+
+def exported_before_uri(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
+                        formats: list[str]) -> list[dict[str, Any] | None]:
+    return exported_before(open_location(out_uri, recipe.storage), records, formats)
 
 
 def finish_uri(out_uri: str, recipe: Recipe, formats: list[str], clips: list[dict[str, Any]]):

@@ -123,6 +123,53 @@ def clip_preview_uri(row: dict[str, Any], out_uri: str, recipe) -> dict[str, Any
     return {"files": files, "markdown": clip_markdown(record, summary, images)}
 
 
+def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> list[bool]:
+    """For each done clip's row, True when its previews show what the tables hold now (same
+    digest in their state record, files there): the run makes neither a preview task nor an
+    artifact for it. One read of the items, keyframes and shots tables for all clips."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.compact import KEYFRAMES_FILE
+    from tasks.export import _clip_slices
+    from tasks.items import read_items
+    from tasks.keyframes import KEYFRAME_SCHEMA
+    from tasks.previews import _state_path, clip_digest, preview_paths
+    from tasks.shots import SHOTS_FILE
+    from tasks.storage import open_location, read_bytes, size_of
+
+    out = open_location(out_uri, recipe.storage)
+    items = read_items(out)
+    if items is None or not rows:
+        return [False] * len(rows)
+    records = {r["source_uri"]: r for r in items.to_pylist()}
+    table = read_table(out, out.path(KEYFRAMES_FILE))
+    slices = _clip_slices(table.cast(KEYFRAME_SCHEMA)) if table is not None else {}
+    shots = read_table(out, out.path(SHOTS_FILE))
+    cuts: dict[tuple[str, int], list[int]] = {}
+    if shots is not None:
+        for shot in shots.filter(shots["cut"]).to_pylist():
+            cuts.setdefault((shot["recording"], shot["clip_index"]), []).append(shot["first_frame"])
+
+    def current(row: dict[str, Any]) -> bool:
+        record = records.get(row["source_uri"])
+        if record is None:
+            return False
+        where = (record["recording"], int(record["clip_index"]))
+        rows_ = slices.get(where, KEYFRAME_SCHEMA.empty_table())
+        data = read_bytes(out, _state_path(out, record))
+        try:
+            state = json.loads(data) if data is not None else None
+        except ValueError:
+            return False
+        return (isinstance(state, dict)
+                and state.get("digest") == clip_digest(rows_, record, sorted(cuts.get(where, [])))
+                and all(size_of(out, p) is not None for p in preview_paths(out, record).values()))
+
+    with ThreadPoolExecutor(16, thread_name_prefix="look-up") as pool:
+        return list(pool.map(current, rows))
+
+
 def _path_of(out: Location, url: str) -> str:
     """The store path of a URL `Location.url` made."""
     return url.split("://", 1)[1] if "://" in url else url

@@ -735,6 +735,37 @@ def run_object_uri(record, out_uri: str, recipe: Recipe, key: str, track_id: int
     return run_object(record, _out(out_uri, recipe), recipe, key, track_id)
 
 
+def tracked_before(record: dict[str, Any], out: Location, key: str) -> dict[str, Any] | None:
+    """What `finish_clip_uri` would return, when the clip has nothing left to do: planned,
+    its tracks table assembled, and its review (if any) applied. None otherwise."""
+    from tasks.review.corrections import load_review
+
+    base = clip_dir(out, record, key)
+    plan = read_state_json(out, f"{base}/plan.json")
+    if not (isinstance(plan, dict) and isinstance(plan.get("objects"), list)
+            and readable_parquet(out, f"{base}/plan.parquet")
+            and readable_parquet(out, f"{base}/timeline.parquet")):
+        return None
+    tracks = read_state_table(out, f"{base}/tracks.parquet")
+    if tracks is None:
+        return None
+    where = {"recording": record["recording"], "clip_index": record["clip_index"]}
+    review = load_review(out, record)
+    reviewed = None
+    if review is not None:
+        if not readable_parquet(out, _reviewed_path(out, record, key, review.digest)):
+            return None
+        reviewed = {**where, "review": review.digest, "status": "skipped"}
+    summary = {**where, "objects": len(plan["objects"]), "rows": tracks.num_rows,
+               "hidden": int(pc.sum(tracks["hidden"]).as_py() or 0), "reused": True}
+    return {"tracks": summary, "review": reviewed, "review_error": None}
+
+
+def tracked_before_uri(record: dict[str, Any], out_uri: str, recipe: Recipe,
+                       key: str) -> dict[str, Any] | None:
+    return tracked_before(record, _out(out_uri, recipe), key)
+
+
 class ReviewStorageError(StorageError):
     """The store failed while applying a clip's review, after its tracks table was assembled
     (``tracks``, its summary): retried like any store failure; when retries run out the

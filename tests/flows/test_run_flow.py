@@ -113,7 +113,19 @@ def test_rerun_does_no_work_twice_and_a_changed_recipe_redoes_only_what_it_affec
     keyframes = (out / "keyframes.parquet").read_bytes()
     exported = {p: p.stat().st_mtime_ns for p in (out / "exports").rglob("*") if p.is_file()}
 
-    _, again = _run(data, out, config)
+    state, again = _run(data, out, config)
+    # Nothing to do costs no task run per clip or object (issue 15, point 12): only the
+    # stages' fixed steps (listing, the merged tables, compaction, the queue) run as tasks.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        ran = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    per_unit = ("convert ", "detect ", "plan ", "track ", "tracks table", "export ", "previews ")
+    names = [r.name for r in ran]
+    assert names and not [n for n in names if n.startswith(per_unit)], names
+    assert again["previews_unchanged"] == 2 and again["previews"] == {}
     assert again["convert"]["counts"] == {"skipped": 2, "blocked": 1}
     assert again["detect"]["skipped"] == 2 and again["detect"]["detected"] == 0
     assert again["track"]["reused"] == 2
