@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.utilities.annotations import quote
 from prefect.cache_policies import NO_CACHE
 
 from flows.runners import one_writer, run_command, stage_limit, submit_unless_done
@@ -59,7 +60,7 @@ def convert_stage(uri: str, out: str, recipe: Recipe,
             records.append(failed_record(clip, e))
         if watching:
             watching.finish("convert", clip.source_uri)
-    summary = write_items(out, recipe, records)
+    summary = write_items(out, recipe, quote(records))
     for line in summary.lines():
         logger.info(line)
     return summary.to_dict()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.utilities.annotations import quote
 
 from flows.convert import _io, convert_stage
 from flows.runners import one_writer, run_command, stage_limit, submit_unless_done
@@ -44,7 +45,7 @@ def detect_stage(uri: str, out: str, recipe: Recipe) -> dict[str, Any]:
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
         if watching:
             watching.finish("detect", record["source_uri"])
-    detections_uri = write_detections(out, recipe, summaries, records)
+    detections_uri = write_detections(out, recipe, quote(summaries), quote(records))
     return {"convert": converted, "detect": {
         "clips": len(todo), "detected": sum(s["status"] == "detected" for s in summaries),
         "skipped": sum(s["status"] == "skipped" for s in summaries),

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.utilities.annotations import quote
 
 from flows.compact import compact_stage, is_table
 from flows.convert import _io
@@ -55,12 +56,12 @@ def export_stage(uri: str, out: str, recipe: Recipe, config: str | None = None,
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
         if watching:
             watching.finish("export", record["source_uri"])
-    files = finish(out, recipe, formats, clips)
+    files = finish(out, recipe, formats, quote(clips))
     # One review task per clip (or track), keyed so that a rerun adds none twice.
     review = None
     if recipe.review.enqueue:
         try:
-            review = enqueue_review(out, recipe, records, clips, uri,
+            review = enqueue_review(out, recipe, quote(records), quote(clips), uri,
                                     os.path.abspath(config) if config else None)
         except Exception as e:  # the exports are written; the queue is reported, not fatal
             logger.error("enqueueing review tasks failed: %s", e)

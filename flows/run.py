@@ -24,7 +24,8 @@ from flows.runners import (flow_runner, one_writer, run_command, scaled_out, sta
 from tasks import progress
 from tasks.recipe import load_recipe
 from tasks.report import (artifact_rows, clip_preview_uri, clip_rows_uri, outcome_counts,
-                          outcome_line, previews_current_uri, stage_failures)
+                          note_previews_uri, outcome_line, previews_current_uri,
+                          stage_failures)
 
 clip_preview = task(clip_preview_uri, name="clip-previews",
                     task_run_name="previews {row[clip]}", **_io)
@@ -108,9 +109,9 @@ def run_flow(uri: str, out: str, config: str | None = None):
             summary = _stages(uri, out, recipe, config)
             rows = clip_rows_uri(out, recipe, summary)
             # Previews (and their artifacts) only for clips whose previews changed.
-            done = [r for r in rows if r["status"] == "done"]
-            current = previews_current_uri(done, out, recipe)
-            done = [r for r, same in zip(done, current) if not same]
+            every = [r for r in rows if r["status"] == "done"]
+            current = previews_current_uri(every, out, recipe)
+            done = [r for r, same in zip(every, current) if not same]
             futures = submit_bounded(clip_preview, [(r, out, recipe) for r in done],
                                      stage_limit(recipe, recipe.run.max_parallel_clips))
             previews = {}
@@ -119,6 +120,8 @@ def run_flow(uri: str, out: str, config: str | None = None):
                     previews[row["clip"]] = future.result()
                 except Exception as e:  # previews are for watching; the outputs stand
                     logger.warning("previews of %s failed: %s", row["clip"], e)
+            if len(previews) == len(done):
+                note_previews_uri(every, out, recipe)
     finally:
         if bar is not None:
             bar.close()

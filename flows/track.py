@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.utilities.annotations import quote
 
 from flows.convert import _io
 from flows.detect import detect_stage
@@ -94,7 +95,7 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
         summaries.append(summary)
         if watching:
             watching.finish("track", record["source_uri"])
-    tracks_uri = write_tracks(out, recipe, summaries, records, key)
+    tracks_uri = write_tracks(out, recipe, quote(summaries), quote(records), key)
     return {**detected, "track": {
         "clips": len(summaries), "reused": sum(bool(s.get("reused")) for s in summaries),
         "objects": sum(s["objects"] for s in summaries),

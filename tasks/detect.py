@@ -28,7 +28,7 @@ import pyarrow as pa
 from models import registry
 from models.boxes import Boxes
 from models.contracts import Detector
-from tasks import progress
+from tasks import merged, progress
 from tasks.detect_driver import detect_checked
 from tasks.errors import ConfigError, PipelineError
 from tasks.ingest import clip_id_for
@@ -36,7 +36,7 @@ from tasks.ingest import clip_id_for
 from tasks.frames import FrameReader
 from tasks.probe import choose_video_stream, open_media
 from tasks.motion import CameraMotion
-from tasks.recipe import Recipe
+from tasks.recipe import DETECTOR_VERSION, Recipe
 from tasks.shots import ANALYSIS_SIDE, CutFinder, write_shots
 from tasks.storage import (Location, open_location, open_read, read_bytes, size_of,
                            write_bytes_atomic)
@@ -430,17 +430,22 @@ def write_detections(out: Location, summaries: list[dict[str, Any]],
                      records: list[dict[str, Any]]) -> str:
     """``OUT/detections.parquet``: every listed clip's detections, in recording order."""
     by_clip = {(r["recording"], r["clip_index"]): r for r in records}
-    tables = []
+    inputs = []
     for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"])):
-        if s.get("status") not in ("detected", "skipped"):
-            continue
-        _, table_path = state_paths(out, by_clip[(s["recording"], s["clip_index"])])
+        if s.get("status") in ("detected", "skipped"):
+            record = by_clip[(s["recording"], s["clip_index"])]
+            inputs.append((state_paths(out, record)[1], record.get("global_first_frame") or 0))
+    path = out.path(DETECTIONS_FILE)
+    sig = merged.signature(out, [out.path(STATE_DIR)], [DETECTOR_VERSION, inputs])
+    if merged.current(out, path, sig):
+        return path
+    tables = []
+    for table_path, first in inputs:
         table = read_table(out, table_path)
         if table is not None:
-            first = by_clip[(s["recording"], s["clip_index"])].get("global_first_frame") or 0
             tables.append(with_global_frame(table, first))
-    path = out.path(DETECTIONS_FILE)
     write_table(out, path, concat(tables, DETECTION_SCHEMA))
+    merged.note(out, path, sig)
     return path
 
 

@@ -26,7 +26,7 @@ from tasks.keyframes import KEYFRAME_SCHEMA
 from tasks.recipe import EXPORT_FORMATS, Recipe
 from tasks.storage import (Location, open_location, read_bytes, safe_component, size_of,
                            write_bytes_atomic)
-from tasks.tables import read_state_json, read_table
+from tasks.tables import clip_slices, read_state_json, read_table
 
 EXPORT_DIR = "exports"
 MODULES = {"json": "tasks.exports.native", "cvat": "tasks.exports.cvat",
@@ -166,7 +166,7 @@ def exported_before(out: Location, records: list[dict[str, Any]],
         return [None] * len(records)
     keyframes = keyframes.cast(KEYFRAME_SCHEMA)
     all_labels = sorted(set(keyframes["label"].to_pylist()))
-    slices = _clip_slices(keyframes)
+    slices = clip_slices(keyframes)
     wanted = [f for f in formats if f != "parquet"]
 
     def look(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -190,24 +190,6 @@ def exported_before(out: Location, records: list[dict[str, Any]],
 
     with ThreadPoolExecutor(16, thread_name_prefix="look-up") as pool:
         return list(pool.map(look, records))
-
-
-def _clip_slices(keyframes: pa.Table) -> dict[tuple[str, int], pa.Table]:
-    """Each clip's rows of the keyframes table, in table order (`clip_keyframes` for all
-    clips at once: one sort, not one scan per clip)."""
-    recording = keyframes["recording"].to_pylist()
-    clip = keyframes["clip_index"].to_numpy(zero_copy_only=False)
-    names = {name: i for i, name in enumerate(sorted(set(recording)))}
-    codes = np.array([names[r] for r in recording], np.int64)
-    order = np.lexsort((clip, codes))  # stable: table order within a clip
-    if not order.size:
-        return {}
-    keys = np.column_stack([codes[order], clip[order]])
-    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
-    ends = np.r_[starts[1:], order.size]
-    back = {i: name for name, i in names.items()}
-    return {(back[int(keys[a, 0])], int(keys[a, 1])): keyframes.take(order[a:b])
-            for a, b in zip(starts, ends)}
 
 
 def _format_digest(base: str, fmt: str, labels: list[str]) -> str:

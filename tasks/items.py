@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.storage import Location, read_bytes, write_bytes_atomic
+from tasks.tables import read_state_table, write_table_if_changed
 
 STATE_DIR = "_state/clips"
 ITEMS_FILE = "items.parquet"
@@ -144,18 +145,14 @@ def write_items(out: Location, records: Iterable[dict[str, Any]]) -> str:
 
 def write_ignored(out: Location, ignored: list[tuple[str, int, str]]) -> None:
     """``OUT/ignored.parquet``: every file under the dataset that is not a clip, with why
-    (rewritten on each listing, so it says what the last run saw)."""
+    (made on each listing, so it says what the last run saw)."""
     table = pa.table({name: [row[i] for row in ignored] for i, name in
                       enumerate(IGNORED_SCHEMA.names)}, schema=IGNORED_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    write_bytes_atomic(out, out.path(IGNORED_FILE), sink.getvalue().to_pybytes())
+    write_table_if_changed(out, out.path(IGNORED_FILE), table)
 
 
 def read_ignored(out: Location) -> list[str]:
     """The reasons in ``OUT/ignored.parquet``, one per file (none when it cannot be read)."""
-    from tasks.tables import read_state_table
-
     table = read_state_table(out, out.path(IGNORED_FILE))
     return [] if table is None else table.column("reason").to_pylist()
 

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.storage import Location
-from tasks.tables import read_table
+from tasks.tables import clip_slices, read_table
 
 COLUMNS = ("clip", "status", "reason", "frames", "detections", "tracks", "keyframes",
            "review_tasks")
@@ -131,7 +131,6 @@ def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> li
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks.compact import KEYFRAMES_FILE
-    from tasks.export import _clip_slices
     from tasks.items import read_items
     from tasks.keyframes import KEYFRAME_SCHEMA
     from tasks.previews import _state_path, clip_digest, preview_paths
@@ -143,8 +142,12 @@ def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> li
     if items is None or not rows:
         return [False] * len(rows)
     records = {r["source_uri"]: r for r in items.to_pylist()}
+    recorded = read_bytes(out, _previews_record(out))
+    if recorded is not None and recorded.decode(errors="replace") == _previews_signature(
+            out, rows, records):
+        return [True] * len(rows)  # nothing they show changed since every one was made
     table = read_table(out, out.path(KEYFRAMES_FILE))
-    slices = _clip_slices(table.cast(KEYFRAME_SCHEMA)) if table is not None else {}
+    slices = clip_slices(table.cast(KEYFRAME_SCHEMA)) if table is not None else {}
     shots = read_table(out, out.path(SHOTS_FILE))
     cuts: dict[tuple[str, int], list[int]] = {}
     if shots is not None:
@@ -152,6 +155,12 @@ def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> li
             cuts.setdefault((shot["recording"], shot["clip_index"]), []).append(shot["first_frame"])
 
     def current(row: dict[str, Any]) -> bool:
+        try:
+            return _current(row)
+        except Exception:  # the preview task makes them, and says what is wrong
+            return False
+
+    def _current(row: dict[str, Any]) -> bool:
         record = records.get(row["source_uri"])
         if record is None:
             return False
@@ -168,6 +177,45 @@ def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> li
 
     with ThreadPoolExecutor(16, thread_name_prefix="look-up") as pool:
         return list(pool.map(current, rows))
+
+
+def _previews_record(out: Location) -> str:
+    from tasks.merged import STATE_DIR
+
+    return out.path(STATE_DIR, "previews.sig")
+
+
+def _previews_signature(out: Location, rows: list[dict[str, Any]],
+                        records: dict[str, dict[str, Any]]) -> str:
+    """What every done clip's previews are made from, without reading a table: the keyframes
+    and shots tables' versions, each clip's WebM identity, and a listing of the previews and
+    their state records."""
+    from tasks import merged
+    from tasks.compact import KEYFRAMES_FILE
+    from tasks.detect import webm_identity
+    from tasks.previews import PREVIEW_VERSION
+    from tasks.previews import STATE_DIR as PREVIEW_STATE
+    from tasks.shots import SHOTS_FILE
+    from tasks.storage import object_version
+
+    clips = [[r["source_uri"], *webm_identity(records.get(r["source_uri"]) or {})] for r in rows]
+    return merged.signature(out, [out.path("previews"), out.path(PREVIEW_STATE)], [
+        PREVIEW_VERSION, object_version(out, out.path(KEYFRAMES_FILE)),
+        object_version(out, out.path(SHOTS_FILE)), clips])
+
+
+def note_previews_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> None:
+    """After every done clip's previews were made: remember what they were made from, so
+    the next run with nothing changed checks one signature instead of every clip."""
+    from tasks.items import read_items
+    from tasks.storage import open_location, read_bytes, write_bytes_atomic
+
+    out = open_location(out_uri, recipe.storage)
+    items = read_items(out)
+    records = {r["source_uri"]: r for r in items.to_pylist()} if items is not None else {}
+    sig = _previews_signature(out, rows, records).encode()
+    if read_bytes(out, _previews_record(out)) != sig:
+        write_bytes_atomic(out, _previews_record(out), sig)
 
 
 def _path_of(out: Location, url: str) -> str:

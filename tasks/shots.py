@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from tasks.recipe import ShotsConfig
 from tasks.storage import Location, read_bytes, write_bytes_atomic
-from tasks.tables import SHOT_SCHEMA, concat, read_table, write_table
+from tasks.tables import SHOT_SCHEMA, concat, read_table, write_table_if_changed
 
 ANALYSIS_SIDE = 320  # frames are shrunk to this longer side for cut and motion analysis
 SHOTS_FILE = "shots.parquet"
@@ -98,7 +98,7 @@ def write_shots(out: Location, summaries: list[dict[str, Any]], records: list[di
               if s.get("shots")]
     path = out.path(SHOTS_FILE)
     table = concat(tables, SHOT_SCHEMA)
-    write_table(out, path, table)
+    write_table_if_changed(out, path, table)
     suggestions, where = span_suggestions(table, by_clip), out.path(*SUGGESTIONS_FILE)
     if read_bytes(out, where) != suggestions:  # exports are not rewritten when unchanged
         write_bytes_atomic(out, where, suggestions)

@@ -142,7 +142,7 @@ def list_objects(loc: Location, extensions: tuple[str, ...], exclude: str | None
                 ignored.append((redact(loc.url(path)), int(info.get("size") or 0), why))
             continue
         objects.append(SourceObject(path=path, size=int(info.get("size") or 0),
-                                    version=_version_token(info)))
+                                    version=version_token(info)))
     return objects
 
 
@@ -159,7 +159,7 @@ def require_input(loc: Location) -> None:
         raise InputNotFoundError(f"{redact(loc.url(loc.root))}: no such folder or prefix")
 
 
-def _version_token(info: dict) -> str:
+def version_token(info: dict) -> str:
     """What the store says identifies this object's content, without reading it."""
     for key in ("ETag", "etag", "md5Hash", "crc32c", "generation"):
         if info.get(key):
@@ -176,7 +176,7 @@ def object_version(loc: Location, path: str) -> tuple[int, str] | None:
         return None
     except OSError as e:
         raise StorageError(f"cannot look at {redact(loc.url(path))}: {redact(str(e))}") from e
-    return int(info.get("size") or 0), _version_token(info)
+    return int(info.get("size") or 0), version_token(info)
 
 
 def digest_object(loc: Location, path: str) -> str:

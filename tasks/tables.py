@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -88,30 +89,44 @@ def write_table(out: Location, path: str, table: pa.Table) -> str:
     return path
 
 
-def read_table(out: Location, path: str) -> pa.Table | None:
-    """A table the pipeline wrote, or None when it does not exist; one that is not readable
-    Parquet is a `PipelineError` naming it."""
+def write_table_if_changed(out: Location, path: str, table: pa.Table) -> str:
+    """`write_table`, unless the file holds these very bytes already (a rerun then leaves it,
+    and its version token, as it was)."""
+    data = to_bytes(table)
+    if read_bytes(out, path) != data:
+        write_bytes_atomic(out, path, data)
+    return path
+
+
+class UnreadableTableError(PipelineError):
+    """A file the pipeline wrote is not readable Parquet (truncated, garbled)."""
+
+
+def read_table(out: Location, path: str, columns: list[str] | None = None) -> pa.Table | None:
+    """A table the pipeline wrote (only ``columns`` when given), or None when it does not
+    exist; one that is not readable Parquet is an `UnreadableTableError` naming it."""
     data = read_bytes(out, path)
     if data is None:
         return None
     try:
-        return pq.read_table(pa.BufferReader(data))
+        # ParquetFile, not pq.read_table: the dataset layer costs ~1 ms per small table,
+        # which is most of a rerun's time per clip.
+        return pq.ParquetFile(pa.BufferReader(data)).read(columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
-        raise PipelineError(f"{out.url(path)} is not readable Parquet ({e}); remove it and "
-                            "run again to rebuild it") from e
+        raise UnreadableTableError(f"{out.url(path)} is not readable Parquet ({e}); remove it "
+                                   "and run again to rebuild it") from e
 
 
-def read_state_table(out: Location, path: str) -> pa.Table | None:
+def read_state_table(out: Location, path: str,
+                     columns: list[str] | None = None) -> pa.Table | None:
     """A state record's table (under ``OUT/_state``). One that cannot be read (truncated,
     garbled) is a cache miss: the unit it records is redone and the file replaced. Which
     file was bad is logged."""
-    data = read_bytes(out, path)
-    if data is None:
-        return None
     try:
-        return pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowInvalid, OSError) as e:
-        log.warning("%s cannot be read (%s): redoing the unit it records", out.url(path), e)
+        return read_table(out, path, columns)
+    except UnreadableTableError as e:
+        log.warning("%s cannot be read (%s): redoing the unit it records", out.url(path),
+                    e.__cause__)
         return None
 
 
@@ -176,3 +191,22 @@ def schema_markdown(columns: Columns) -> str:
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{name}` | {kind} | {text} |" for name, kind, text in columns]
     return "\n".join(lines)
+
+
+def clip_slices(table: pa.Table) -> dict[tuple[str, int], pa.Table]:
+    """Each clip's rows of a table with ``recording`` and ``clip_index`` columns, in table
+    order: {(recording, clip_index): rows}. One sort for all clips, not one scan per clip
+    (which is quadratic in the clips of a recording)."""
+    recording = table["recording"].to_pylist()
+    clip = table["clip_index"].to_numpy(zero_copy_only=False)
+    names = {name: i for i, name in enumerate(sorted(set(recording)))}
+    codes = np.array([names[r] for r in recording], np.int64)
+    order = np.lexsort((clip, codes))  # stable: table order within a clip
+    if not order.size:
+        return {}
+    keys = np.column_stack([codes[order], clip[order]])
+    starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
+    ends = np.r_[starts[1:], order.size]
+    back = {i: name for name, i in names.items()}
+    return {(back[int(keys[a, 0])], int(keys[a, 1])): table.take(order[a:b])
+            for a, b in zip(starts, ends)}

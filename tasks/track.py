@@ -43,14 +43,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import registry
-from tasks import progress
+from tasks import merged, progress
 from tasks.associate import associate
 from tasks.detect import STATE_DIR as DETECT_DIR
 from tasks.detect import open_webm, read_motion
 from tasks.errors import ConfigError, PipelineError, StorageError
 from tasks.frames import FrameReader, Timeline
 from tasks.ingest import clip_id_for
-from tasks.recipe import Recipe
+from tasks.recipe import TRACKER_VERSION, Recipe
 from tasks.shots import cuts_of, next_cut
 from tasks.storage import Location, read_bytes, size_of, write_bytes_atomic
 from tasks.geometry import fit_within
@@ -589,16 +589,25 @@ def write_tracks(out: Location, summaries: list[dict[str, Any]], records: list[d
                  key: str) -> str:
     """``OUT/tracks.parquet``: every listed clip's tracks (reviewed where a review was applied),
     in recording order."""
+    from tasks.review.corrections import REVIEW_DIR
+
     by_clip = {(r["recording"], r["clip_index"]): r for r in records}
+    clips = [by_clip[(s["recording"], s["clip_index"])]
+             for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"]))]
+    path = out.path(TRACKS_FILE)
+    # Made from each clip's tracking state and its review, if any.
+    sig = merged.signature(out, [out.path(STATE_DIR), out.path(REVIEW_DIR)], [
+        TRACKER_VERSION, key, [(r["source_uri"], r.get("global_first_frame") or 0) for r in clips]])
+    if merged.current(out, path, sig):
+        return path
     tables = []
-    for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"])):
-        record = by_clip[(s["recording"], s["clip_index"])]
+    for record in clips:
         table = clip_tracks(out, record, key)
         if table is not None:
             tables.append(with_global_frame(with_attributes(table),
                                             record.get("global_first_frame") or 0))
-    path = out.path(TRACKS_FILE)
     write_table(out, path, concat(tables, TRACKS_FILE_SCHEMA))
+    merged.note(out, path, sig)
     return path
 
 
@@ -746,7 +755,7 @@ def tracked_before(record: dict[str, Any], out: Location, key: str) -> dict[str,
             and readable_parquet(out, f"{base}/plan.parquet")
             and readable_parquet(out, f"{base}/timeline.parquet")):
         return None
-    tracks = read_state_table(out, f"{base}/tracks.parquet")
+    tracks = read_state_table(out, f"{base}/tracks.parquet", ["hidden"])
     if tracks is None:
         return None
     where = {"recording": record["recording"], "clip_index": record["clip_index"]}
