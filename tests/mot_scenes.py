@@ -31,6 +31,8 @@ import av
 import cv2
 import numpy as np
 
+from tests.scene import encode_noisy, paste
+
 try:  # tests/ as a package (rootdir on sys.path) or as a plain directory
     from tests.synth import X264_REPEATABLE
 except ImportError:
@@ -217,15 +219,8 @@ def render(name: str, path: pathlib.Path, seed: int = 0) -> SceneTruth:
                 visibility[p.pid][t] = drawn.sum() / ((x2 - x1) * (y2 - y1))
                 covered[cy1:cy2, cx1:cx2] = True
             for p in sorted(alive, key=lambda p: p.depth):
-                x1, y1, x2, y2 = _box(p, t, ox, oy)
-                cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
-                if cx1 < cx2 and cy1 < cy2:
-                    img[cy1:cy2, cx1:cx2] = textures[p.pid][cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
-            img += noise.integers(-2, 3, img.shape, dtype=np.int16)
-            frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
-            frame.pts = t
-            for packet in stream.encode(frame):
-                container.mux(packet)
+                paste(img, textures[p.pid], _box(p, t, ox, oy))
+            encode_noisy(container, stream, img, noise, t)
         for packet in stream.encode(None):
             container.mux(packet)
     return SceneTruth(path=path, size=(w, h), rate=RATE, frames=frames, boxes=boxes,

@@ -216,17 +216,29 @@ def render_scene(
         for t in range(frames):
             img = background.astype(np.int16)
             for obj in IDS:
-                x1, y1, x2, y2 = full[obj][t]
-                cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
-                if cx1 < cx2 and cy1 < cy2:
-                    img[cy1:cy2, cx1:cx2] = textures[obj][cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+                paste(img, textures[obj], full[obj][t])
             img[:, occ[0]:occ[2]] = background[:, occ[0]:occ[2]]  # the pillar stands in front
-            img += noise_rng.integers(-2, 3, img.shape, dtype=np.int16)
-            frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
-            frame.pts = t
-            for packet in stream.encode(frame):
-                container.mux(packet)
+            encode_noisy(container, stream, img, noise_rng, t)
         for packet in stream.encode(None):
             container.mux(packet)
     return Scene(path=path, size=(w, h), rate=rate, ids=IDS, boxes=boxes, visibility=visibility,
                  visible=visible, occluder=np.array(occ, np.float32), background=background)
+
+
+def paste(img: np.ndarray, texture: np.ndarray, box) -> None:
+    """Draw an object's ``texture`` (its whole box ``x1, y1, x2, y2``) into ``img``, clipped
+    to the frame."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    h, w = img.shape[:2]
+    cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+    if cx1 < cx2 and cy1 < cy2:
+        img[cy1:cy2, cx1:cx2] = texture[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+
+
+def encode_noisy(container, stream, img: np.ndarray, noise: np.random.Generator, t: int) -> None:
+    """Add sensor-like noise to the int16 frame ``img`` and encode it as frame ``t``."""
+    img += noise.integers(-2, 3, img.shape, dtype=np.int16)
+    frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
+    frame.pts = t
+    for packet in stream.encode(frame):
+        container.mux(packet)
