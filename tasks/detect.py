@@ -153,16 +153,20 @@ def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, An
     return None
 
 
-def detected_before_uri(record: dict[str, Any], out_uri: str,
-                        recipe: Recipe) -> dict[str, Any] | None:
-    """The clip's detect summary when its detections are done for these settings, else None
-    (the flow's look-up: no task run for a clip with nothing to do)."""
-    out = open_location(out_uri, recipe.storage)
+def detected_before(record: dict[str, Any], out: Location,
+                    recipe: Recipe) -> dict[str, Any] | None:
+    """The clip's detect summary when its detections are done for these settings, else None."""
     previous = done_before(out, record, recipe.detect_key())
     if previous is None:
         return None
     return {"recording": record["recording"], "clip_index": record["clip_index"],
             "clip_name": record["clip_name"], **previous, "status": "skipped"}
+
+
+def detected_before_uri(record: dict[str, Any], out_uri: str,
+                        recipe: Recipe) -> dict[str, Any] | None:
+    """`detected_before` as the flow's look-up (no task run for a clip with nothing to do)."""
+    return detected_before(record, open_location(out_uri, recipe.storage), recipe)
 
 
 def webm_identity(record: dict[str, Any]) -> list:
@@ -182,12 +186,12 @@ class _Sampled:
 def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
                 detector: Detector | None = None) -> dict[str, Any]:
     """Detections of one converted clip, written to the clip's state; returns a summary."""
+    skipped = detected_before(record, out, recipe)
+    if skipped is not None:
+        return skipped
     key = recipe.detect_key()
     summary = {"recording": record["recording"], "clip_index": record["clip_index"],
                "clip_name": record["clip_name"]}
-    previous = done_before(out, record, key)
-    if previous is not None:
-        return {**summary, **previous, "status": "skipped"}
     started = time.perf_counter()
     detector = detector or make_detector(recipe)
     mapped = recipe.label_mapper().table(detector.spec.labels)
