@@ -7,7 +7,9 @@ Reported: the first run's time, the no-op rerun's time, and the no-op time per c
 a rerun of a 4-clip recording made the same way, measured in the same session (the fixed
 cost of a process and its server is not per clip).
 
-    python -m benchmarks.noop_rerun [--clips 300] [--small 4]
+    python -m benchmarks.noop_rerun [--clips 300] [--small 4] [--reuse]
+
+``--reuse`` keeps an OUT a previous invocation made (its first run is skipped).
 
 Results are printed and written as JSON to ``benchmarks/_work/noop_rerun.json``.
 """
@@ -81,6 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=300)
     parser.add_argument("--small", type=int, default=4)
+    parser.add_argument("--reuse", action="store_true",
+                        help="rerun existing OUTs (skip their first run)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     clip = one_second_clip(WORK / "one-second.mp4")
@@ -90,10 +94,11 @@ def main() -> None:
     for name, n in (("small", args.small), ("large", args.clips)):
         data = dataset(WORK / f"data-{n}", n, clip)
         out = WORK / f"out-{n}"
-        shutil.rmtree(out, ignore_errors=True)
-        result[f"{name}_first_s"] = round(run(data, out, config), 2)
+        if not (args.reuse and (out / "items.parquet").exists()):
+            shutil.rmtree(out, ignore_errors=True)
+            result[f"{name}_first_s"] = round(run(data, out, config), 2)
         result[f"{name}_noop_s"] = round(run(data, out, config), 2)
-        print(f"{n} clips: first run {result[f'{name}_first_s']} s, no-op rerun "
+        print(f"{n} clips: first run {result.get(f'{name}_first_s', '(reused)')} s, no-op rerun "
               f"{result[f'{name}_noop_s']} s", flush=True)
     per_clip = (result["large_noop_s"] - result["small_noop_s"]) / (args.clips - args.small)
     result["noop_s_per_clip"] = round(per_clip, 4)

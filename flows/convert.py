@@ -12,10 +12,11 @@ from prefect import flow, get_run_logger, task
 from prefect.utilities.annotations import quote
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import one_writer, run_command, stage_limit, submit_unless_done
+from flows.runners import (keep_answers, one_writer, run_command, stage_limit,
+                           submit_unless_done)
 from tasks import progress
 from tasks.batch import failed_record, finish_batch, plan_batch
-from tasks.clip import process_clip_uris, reused_record_uri
+from tasks.clip import convert_ledger, process_clip_uris, reused_record_uri
 from tasks.errors import StorageError
 from tasks.recipe import Recipe, load_recipe
 
@@ -48,9 +49,11 @@ def convert_stage(uri: str, out: str, recipe: Recipe,
     watching = progress.current()
     if watching:
         watching.expect("convert", [c.source_uri for c in clips])
-    futures = submit_unless_done(process_clip, [(clip, uri, out, recipe, mode) for clip in clips],
+    calls = [(clip, uri, out, recipe, mode) for clip in clips]
+    ledger = convert_ledger(clips, out, recipe, mode)
+    futures = submit_unless_done(process_clip, calls,
                                  stage_limit(recipe, recipe.run.max_parallel_clips),
-                                 reused_record_uri)
+                                 reused_record_uri, ledger)
     records = []
     for clip, future in zip(clips, futures):
         try:
@@ -60,6 +63,7 @@ def convert_stage(uri: str, out: str, recipe: Recipe,
             records.append(failed_record(clip, e))
         if watching:
             watching.finish("convert", clip.source_uri)
+    keep_answers(ledger, reused_record_uri, calls, futures)
     summary = write_items(out, recipe, quote(records))
     for line in summary.lines():
         logger.info(line)

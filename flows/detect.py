@@ -12,10 +12,11 @@ from prefect import flow, get_run_logger, task
 from prefect.utilities.annotations import quote
 
 from flows.convert import _io, convert_stage
-from flows.runners import one_writer, run_command, stage_limit, submit_unless_done
+from flows.runners import (keep_answers, one_writer, run_command, stage_limit,
+                           submit_unless_done)
 from tasks import progress
-from tasks.detect import (converted_records, detect_clip_uri, detected_before_uri, is_converted,
-                          make_detector, write_detections_uri)
+from tasks.detect import (converted_records, detect_clip_uri, detect_ledger, detected_before_uri,
+                          is_converted, make_detector, write_detections_uri)
 from tasks.recipe import Recipe, load_recipe
 
 detect_clip = task(detect_clip_uri, name="detect", task_run_name="detect {record[clip_name]}", **_io)
@@ -33,9 +34,11 @@ def detect_stage(uri: str, out: str, recipe: Recipe) -> dict[str, Any]:
     watching = progress.current()
     if watching:
         watching.expect("detect", [r["source_uri"] for r in todo])
-    futures = submit_unless_done(detect_clip, [(r, out, recipe) for r in todo],
+    calls = [(r, out, recipe) for r in todo]
+    ledger = detect_ledger(todo, out, recipe)
+    futures = submit_unless_done(detect_clip, calls,
                                  stage_limit(recipe, recipe.run.max_parallel_clips),
-                                 detected_before_uri)
+                                 detected_before_uri, ledger)
     summaries, failed = [], []
     for record, future in zip(todo, futures):
         try:
@@ -45,6 +48,7 @@ def detect_stage(uri: str, out: str, recipe: Recipe) -> dict[str, Any]:
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
         if watching:
             watching.finish("detect", record["source_uri"])
+    keep_answers(ledger, detected_before_uri, calls, futures)
     detections_uri = write_detections(out, recipe, quote(summaries), quote(records))
     return {"convert": converted, "detect": {
         "clips": len(todo), "detected": sum(s["status"] == "detected" for s in summaries),

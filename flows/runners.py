@@ -487,10 +487,12 @@ class Done:
         return self.value
 
 
-def look_up(done, calls: list[tuple], threads: int = 16) -> list:
+def look_up(done, calls: list[tuple], threads: int = 16, ledger=None) -> list:
     """``done(*call)`` for every call, in a thread pool (a state read on a bucket is a round
     trip): each unit's result when it is done already, else None. A look-up that fails is
-    None: the task does the unit, and reports what is wrong."""
+    None: the task does the unit, and reports what is wrong. With a `tasks.ledger.Ledger`
+    (its units in call order), a unit whose state is unchanged since the last run is
+    answered from it without reading its state."""
     from concurrent.futures import ThreadPoolExecutor
 
     def look(call: tuple):
@@ -499,17 +501,28 @@ def look_up(done, calls: list[tuple], threads: int = 16) -> list:
         except Exception:
             return None
 
-    if not calls:
-        return []
-    with ThreadPoolExecutor(min(threads, len(calls)), thread_name_prefix="look-up") as pool:
-        return list(pool.map(look, calls))
+    found = ledger.answers() if ledger is not None else [None] * len(calls)
+    todo = [i for i, answer in enumerate(found) if answer is None]
+    if todo:
+        with ThreadPoolExecutor(min(threads, len(todo)), thread_name_prefix="look-up") as pool:
+            for i, answer in zip(todo, pool.map(look, [calls[i] for i in todo])):
+                found[i] = answer
+    return found
 
 
-def submit_unless_done(task, calls: list[tuple], limit: int | None, done) -> list:
+def submit_unless_done(task, calls: list[tuple], limit: int | None, done, ledger=None) -> list:
     """`submit_bounded` for the units `look_up` does not find done: a unit that is done costs
-    a state read here and no task run (a task run is ~30 ms of Prefect bookkeeping: minutes
-    for 10,000 unchanged clips). Returns futures (or `Done`) in call order."""
-    return submit_unless_found(task, calls, limit, look_up(done, calls))
+    a state read here (or nothing, answered by ``ledger``) and no task run (a task run is
+    ~30 ms of Prefect bookkeeping: minutes for 10,000 unchanged clips). Returns futures (or
+    `Done`) in call order."""
+    return submit_unless_found(task, calls, limit, look_up(done, calls, ledger=ledger))
+
+
+def keep_answers(ledger, done, calls: list[tuple], futures: list) -> None:
+    """After a stage's tasks ran: the ledger keeps every done unit's answer for the next run
+    (units found done kept theirs; the others are looked up once more)."""
+    found = [f.value if isinstance(f, Done) else None for f in futures]
+    ledger.settle(found, lambda i: done(*calls[i]))
 
 
 def submit_unless_found(task, calls: list[tuple], limit: int | None, found: list) -> list:

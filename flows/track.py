@@ -11,13 +11,15 @@ from prefect.utilities.annotations import quote
 
 from flows.convert import _io
 from flows.detect import detect_stage
-from flows.runners import Done, look_up, one_writer, run_command, stage_limit, submit_bounded
+from flows.runners import (Done, keep_answers, look_up, one_writer, run_command, stage_limit,
+                           submit_bounded)
 from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import Recipe, load_recipe
 from tasks.storage import open_location
 from tasks.track import (ReviewStorageError, finish_clip_uri, load_keyframes, plan_clip_uri,
-                         run_object_uri, track_key, tracked_before_uri, write_tracks_uri)
+                         run_object_uri, track_key, track_ledger, tracked_before_uri,
+                         write_tracks_uri)
 
 plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
 run_object = task(run_object_uri, name="track-object",
@@ -58,7 +60,9 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
 
     clips_at_once = stage_limit(recipe, recipe.run.max_parallel_clips)
     # A clip with nothing left to do (planned, assembled, its review applied) runs no task.
-    found = look_up(tracked_before_uri, [(r, out, recipe, key) for r in todo])
+    calls = [(r, out, recipe, key) for r in todo]
+    ledger = track_ledger(todo, out, recipe, key)
+    found = look_up(tracked_before_uri, calls, ledger=ledger)
     done = {r["output_uri"]: Done(f) for r, f in zip(todo, found) if f is not None}
     fresh = [r for r in todo if r["output_uri"] not in done]
     planned = submit_bounded(plan_clip, [(r, out, recipe, keyframes, key) for r in fresh],
@@ -95,6 +99,8 @@ def track_stage(uri: str, out: str, recipe: Recipe, keyframes: str | None = None
         summaries.append(summary)
         if watching:
             watching.finish("track", record["source_uri"])
+    keep_answers(ledger, tracked_before_uri, calls, [
+        Done(f) if f is not None else None for f in found])
     tracks_uri = write_tracks(out, recipe, quote(summaries), quote(records), key)
     return {**detected, "track": {
         "clips": len(summaries), "reused": sum(bool(s.get("reused")) for s in summaries),

@@ -88,7 +88,8 @@ def failed_record(clip: ClipSource, error: BaseException) -> dict[str, Any]:
 
 def finish_batch(out_uri: str, recipe: Recipe, records: list[dict[str, Any]]) -> BatchSummary:
     out = open_location(out_uri, recipe.storage)
-    clean_work_dir(out)
+    if any(r.get("status") != "skipped" for r in records):
+        clean_work_dir(out)  # what this run's failed clips left (a walk of every file in OUT)
     rows = [dict(r) for r in records]
     assign_timeline(rows)
     path = write_items(out, rows)

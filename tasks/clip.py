@@ -6,8 +6,10 @@ small arguments and gets back one JSON-able record: the clip's row of the items 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -22,7 +24,8 @@ from tasks.errors import Blocked, Reason, StorageError
 from tasks.fingerprint import HashingReader
 from tasks.geometry import plan_geometry
 from tasks.ingest import ClipSource
-from tasks.items import empty_record, load_record, save_record
+from tasks.items import STATE_DIR, empty_record, load_record, save_record, state_path
+from tasks.ledger import Ledger, Unit
 from tasks.probe import StreamProbe, choose_video_stream, count_by_demux, open_media, probe_streams
 from tasks.recipe import Recipe
 from tasks.signature import SignatureSpill
@@ -79,6 +82,19 @@ def reused_record_uri(clip: ClipSource, src_uri: str, out_uri: str, recipe: Reci
                       mode: Mode) -> dict[str, Any] | None:
     """`reused_record` with the arguments of `process_clip_uris` (the flow's look-up)."""
     return reused_record(clip, open_location(out_uri, recipe.storage), recipe, mode)
+
+
+def convert_ledger(clips: list[ClipSource], out_uri: str, recipe: Recipe, mode: Mode) -> Ledger:
+    """The `reused_record` answers of ``clips`` kept from the last run (`tasks.ledger`): each
+    reads the clip's state record and looks at its WebM."""
+    out = open_location(out_uri, recipe.storage)
+    state, key = out.path(STATE_DIR), recipe.convert_key()
+    units = []
+    for clip in clips:
+        webm = out.path(clip.output_relpath)
+        units.append(Unit([dataclasses.asdict(clip), key, mode],
+                          ((state, state_path(out, clip.clip_id)), (posixpath.dirname(webm), webm))))
+    return Ledger(out, mode, units)
 
 
 def _reuse(previous, clip: ClipSource, out: Location, recipe: Recipe, mode: Mode):

@@ -32,6 +32,7 @@ from tasks import merged, progress
 from tasks.detect_driver import detect_checked
 from tasks.errors import ConfigError, PipelineError
 from tasks.ingest import clip_id_for
+from tasks.ledger import Ledger, Unit
 
 from tasks.frames import FrameReader
 from tasks.probe import choose_video_stream, open_media
@@ -153,9 +154,21 @@ def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, An
     return None
 
 
+# What the later stages' look-ups read of a clip's record: its place, and its WebM's identity.
+# They see only these (`looked_up`), so a ledger keyed by them cannot miss a change that
+# matters, and other fields (status, timings) changing between runs do not matter.
+LOOK_UP_FIELDS = ("source_uri", "recording", "clip_index", "clip_name", "output_uri",
+                  "output_bytes", "convert_key", "fingerprint")
+
+
+def looked_up(record: dict[str, Any]) -> dict[str, Any]:
+    return {name: record.get(name) for name in LOOK_UP_FIELDS}
+
+
 def detected_before(record: dict[str, Any], out: Location,
                     recipe: Recipe) -> dict[str, Any] | None:
     """The clip's detect summary when its detections are done for these settings, else None."""
+    record = looked_up(record)
     previous = done_before(out, record, recipe.detect_key())
     if previous is None:
         return None
@@ -167,6 +180,16 @@ def detected_before_uri(record: dict[str, Any], out_uri: str,
                         recipe: Recipe) -> dict[str, Any] | None:
     """`detected_before` as the flow's look-up (no task run for a clip with nothing to do)."""
     return detected_before(record, open_location(out_uri, recipe.storage), recipe)
+
+
+def detect_ledger(records: list[dict[str, Any]], out_uri: str, recipe: Recipe) -> Ledger:
+    """The `detected_before` answers of ``records`` kept from the last run (`tasks.ledger`):
+    each reads the clip's two detect state files."""
+    out = open_location(out_uri, recipe.storage)
+    state, key = out.path(STATE_DIR), recipe.detect_key()
+    return Ledger(out, "detect", [
+        Unit([looked_up(record), key], ((state, state_paths(out, record)[0].removesuffix("json")),))
+        for record in records])
 
 
 def webm_identity(record: dict[str, Any]) -> list:

@@ -24,8 +24,8 @@ from tasks.errors import ConfigError
 from tasks.exports.base import ClipInfo
 from tasks.keyframes import KEYFRAME_SCHEMA
 from tasks.recipe import EXPORT_FORMATS, Recipe
-from tasks.storage import (Location, open_location, read_bytes, safe_component, size_of,
-                           write_bytes_atomic)
+from tasks.storage import (Location, list_files, open_location, read_bytes, safe_component,
+                           size_of, write_bytes_atomic)
 from tasks.tables import clip_slices, read_state_json, read_table
 
 EXPORT_DIR = "exports"
@@ -154,11 +154,13 @@ def exported_before(out: Location, records: list[dict[str, Any]],
                     formats: list[str]) -> list[dict[str, Any] | None]:
     """For each clip, what `export_clip` would return when every asked format's files are
     current (same keyframes, clip and writer; files there with their sizes), else None. One
-    read of the keyframes table for all clips, then a state read and a look at each file
-    per clip (in a thread pool), so an unchanged batch runs no export task."""
+    read of the keyframes table and one listing of the exports for all clips, and each
+    clip's export record read unless the ledger (`tasks.ledger`) has it unchanged, so an
+    unchanged batch runs no export task and reads no clip's file."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks.ingest import clip_id_for
+    from tasks.ledger import Ledger, Unit
     from tasks.tables import table_digest
 
     keyframes = read_table(out, out.path(KEYFRAMES_FILE))
@@ -168,28 +170,39 @@ def exported_before(out: Location, records: list[dict[str, Any]],
     all_labels = sorted(set(keyframes["label"].to_pylist()))
     slices = clip_slices(keyframes)
     wanted = [f for f in formats if f != "parquet"]
+    sizes = {path: size for path, (size, _) in list_files(out, out.path(EXPORT_DIR)).items()}
 
-    def look(record: dict[str, Any]) -> dict[str, Any] | None:
+    # The clips' export records, read through a ledger: unchanged ones cost no read.
+    state_dir = out.path(EXPORT_STATE_DIR)
+    paths = [out.path(EXPORT_STATE_DIR, f"{clip_id_for(r['source_uri'])}.json") for r in records]
+    ledger = Ledger(out, "export", [Unit(["export-state", p], ((state_dir, p),)) for p in paths])
+    states = ledger.answers()
+    missing = [i for i, state in enumerate(states) if state is None]
+    if missing:
+        with ThreadPoolExecutor(min(16, len(missing)), thread_name_prefix="look-up") as pool:
+            for i, state in zip(missing, pool.map(lambda i: read_state_json(out, paths[i]),
+                                                  missing)):
+                states[i] = state
+    ledger.settle(states, lambda i: read_state_json(out, paths[i]))
+
+    def look(record: dict[str, Any], state: Any) -> dict[str, Any] | None:
         rows = slices.get((record["recording"], int(record["clip_index"])))
         rows = rows if rows is not None else keyframes.slice(0, 0)
         base = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION)
-        state = read_state_json(out, out.path(EXPORT_STATE_DIR,
-                                              f"{clip_id_for(record['source_uri'])}.json"))
         if not isinstance(state, dict):
             return None
         files = {}
         for fmt in wanted:
             before = state.get(fmt)
             if not (before and before["digest"] == _format_digest(base, fmt, all_labels) and all(
-                    size_of(out, path) == size for path, size in before["sizes"].items())):
+                    sizes.get(path) == size for path, size in before["sizes"].items())):
                 return None
             files[fmt] = before["files"]
         return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
                 "tracks": len(set(rows["track_id"].to_pylist())), "keyframes": rows.num_rows,
                 "files": files, "written": [], "unchanged": sorted(wanted)}
 
-    with ThreadPoolExecutor(16, thread_name_prefix="look-up") as pool:
-        return list(pool.map(look, records))
+    return [look(record, state) for record, state in zip(records, states)]
 
 
 def _format_digest(base: str, fmt: str, labels: list[str]) -> str:

@@ -17,8 +17,7 @@ import json
 import posixpath
 from typing import Any
 
-from tasks.storage import (Location, object_version, read_bytes, version_token,
-                           write_bytes_atomic)
+from tasks.storage import Location, list_files, object_version, read_bytes, write_bytes_atomic
 
 STATE_DIR = "_state/merged"
 
@@ -29,14 +28,9 @@ def signature(out: Location, folders: list[str], described: Any) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(described, sort_keys=True, default=str).encode())
     for folder in folders:
-        try:
-            out.fs.invalidate_cache(folder)
-            listing = out.fs.find(folder, detail=True)
-        except FileNotFoundError:
-            listing = {}
+        listing = list_files(out, folder)
         for path in sorted(listing):
-            info = listing[path]
-            h.update(json.dumps([path, info.get("size"), version_token(info)]).encode())
+            h.update(json.dumps([path, *listing[path]]).encode())
     return h.hexdigest()
 
 

@@ -168,6 +168,38 @@ def version_token(info: dict) -> str:
     return f"mtime:{mtime}:ino:{info.get('ino', '')}"
 
 
+def list_files(loc: Location, folder: str) -> dict[str, tuple[int, str]]:
+    """(size, version token) of every file under ``folder``, by path: one listing (one
+    ``find`` on a bucket; a ``scandir`` walk on a local disk, the same tokens as `fs.info`,
+    several times faster than fsspec's walk at 100,000 files). Empty when it does not exist."""
+    if not loc.is_local:
+        try:
+            loc.fs.invalidate_cache(folder)
+            found = loc.fs.find(folder, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {path: (int(info.get("size") or 0), version_token(info))
+                for path, info in found.items() if info.get("type") != "directory"}
+    files: dict[str, tuple[int, str]] = {}
+    pending = [folder]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                    continue
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                files[entry.path] = (st.st_size, f"mtime:{st.st_mtime}:ino:{st.st_ino}")
+    return files
+
+
 def object_version(loc: Location, path: str) -> tuple[int, str] | None:
     """(size, version token) of an object, or None when it does not exist."""
     try:

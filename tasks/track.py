@@ -46,10 +46,11 @@ from models import registry
 from tasks import merged, progress
 from tasks.associate import associate
 from tasks.detect import STATE_DIR as DETECT_DIR
-from tasks.detect import open_webm, read_motion
+from tasks.detect import looked_up, open_webm, read_motion
 from tasks.errors import ConfigError, PipelineError, StorageError
 from tasks.frames import FrameReader, Timeline
 from tasks.ingest import clip_id_for
+from tasks.ledger import Ledger, Unit
 from tasks.recipe import TRACKER_VERSION, Recipe
 from tasks.shots import cuts_of, next_cut
 from tasks.storage import Location, read_bytes, size_of, write_bytes_atomic
@@ -749,6 +750,7 @@ def tracked_before(record: dict[str, Any], out: Location, key: str) -> dict[str,
     its tracks table assembled, and its review (if any) applied. None otherwise."""
     from tasks.review.corrections import load_review
 
+    record = looked_up(record)
     base = clip_dir(out, record, key)
     plan = read_state_json(out, f"{base}/plan.json")
     if not (isinstance(plan, dict) and isinstance(plan.get("objects"), list)
@@ -768,6 +770,20 @@ def tracked_before(record: dict[str, Any], out: Location, key: str) -> dict[str,
     summary = {**where, "objects": len(plan["objects"]), "rows": tracks.num_rows,
                "hidden": int(pc.sum(tracks["hidden"]).as_py() or 0), "reused": True}
     return {"tracks": summary, "review": reviewed, "review_error": None}
+
+
+def track_ledger(records: list[dict[str, Any]], out_uri: str, recipe: Recipe,
+                 key: str) -> Ledger:
+    """The `tracked_before` answers of ``records`` kept from the last run (`tasks.ledger`):
+    each reads the clip's tracking state folder and its review file."""
+    from tasks.review.corrections import REVIEW_DIR, review_path
+
+    out = _out(out_uri, recipe)
+    state, reviews = out.path(STATE_DIR), out.path(REVIEW_DIR)
+    return Ledger(out, "track", [
+        Unit([looked_up(record), key], ((state, clip_dir(out, record, key) + "/"),
+                             (reviews, review_path(out, record))))
+        for record in records])
 
 
 def tracked_before_uri(record: dict[str, Any], out_uri: str, recipe: Recipe,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -167,24 +168,38 @@ def priority(recipe: Recipe, measured: dict[str, float]) -> float:
 
 def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
                  files: dict[tuple[str, int], dict[str, list[str]]], dataset: str,
-                 config: str | None) -> list[tuple[str, float, dict[str, Any]]]:
+                 config: str | None, known: Callable[[list[str]], set[str]] = lambda keys: set(),
+                 ) -> list[tuple[str, float | None, dict[str, Any]]]:
     """(key, priority, payload) per clip (or per track) of the exported clips. The payload
     names the WebM, the import-ready annotation files and what a result must be applied with
-    (OUT, dataset, recipe)."""
+    (OUT, dataset, recipe). A key that ``known`` says has a task already is not measured (a
+    rerun adds nothing): its priority is None and its payload only its clip."""
     from tasks.shots import SHOTS_FILE
-    from tasks.tables import read_table
+    from tasks.tables import clip_slices, read_table
     from tasks.track import TRACKS_FILE
 
     tracks = read_table(out, out.path(TRACKS_FILE))
     shots = read_table(out, out.path(SHOTS_FILE))
-    made = []
+    track_rows = clip_slices(tracks, views=True) if tracks is not None else {}
+    shot_rows = clip_slices(shots, views=True) if shots is not None else {}
+    no_rows = tracks.slice(0, 0) if tracks is not None else pa.table({})
+    units = []  # (key, record, where, rows, track id or None for the whole clip)
     for record in records:
         where = (record["recording"], int(record["clip_index"]))
         if where not in files:
             continue
-        rows = tracks.filter(pc.and_(pc.equal(tracks["recording"], where[0]),
-                                     pc.equal(tracks["clip_index"], where[1]))) \
-            if tracks is not None else pa.table({})
+        rows = track_rows.get(where, no_rows)
+        if recipe.review.unit == "clip" or rows.num_rows == 0:
+            units.append((task_key(record), record, where, rows, None))
+            continue
+        for tid in sorted(set(rows["track_id"].to_pylist())):
+            units.append((task_key(record, tid), record, where, rows, tid))
+    have = known([unit[0] for unit in units])
+    made: list[tuple[str, float | None, dict[str, Any]]] = []
+    for key, record, where, rows, tid in units:
+        if key in have:
+            made.append((key, None, {"recording": where[0], "clip_index": where[1]}))
+            continue
         base = {"recording": where[0], "clip_index": where[1], "clip_name": record["clip_name"],
                 "video": record["output_uri"], "source": record["source_uri"],
                 "annotations": {f: files[where][f][0] for f in recipe.review.formats
@@ -193,26 +208,17 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
                 "track_key": recipe.track_key()}
         shape = {"frames": record.get("output_frames"),
                  "duration_s": record.get("output_duration_s"),
-                 "shot_starts": _shot_starts(shots, where)}
-        if recipe.review.unit == "clip" or rows.num_rows == 0:
-            measured = measures(rows, **shape)
-            made.append((task_key(record), priority(recipe, measured),
-                         {**base, "track_ids": None, "measures": measured}))
-            continue
-        for tid in sorted(set(rows["track_id"].to_pylist())):
-            mine = rows.filter(pc.equal(rows["track_id"], tid))
-            measured = measures(mine, **shape)
-            made.append((task_key(record, tid), priority(recipe, measured),
-                         {**base, "track_ids": [tid], "measures": measured}))
+                 "shot_starts": _shot_starts(shot_rows.get(where))}
+        mine = rows if tid is None else rows.filter(pc.equal(rows["track_id"], tid))
+        measured = measures(mine, **shape)
+        made.append((key, priority(recipe, measured),
+                     {**base, "track_ids": None if tid is None else [tid], "measures": measured}))
     return made
 
 
-def _shot_starts(shots: pa.Table | None, where: tuple[str, int]) -> frozenset[int]:
-    if shots is None:
-        return frozenset()
-    mine = shots.filter(pc.and_(pc.equal(shots["recording"], where[0]),
-                                pc.equal(shots["clip_index"], where[1])))
-    return frozenset(mine["first_frame"].to_pylist())
+def _shot_starts(mine: pa.Table | None) -> frozenset[int]:
+    """The first frames of a clip's shots (its rows of the shots table)."""
+    return frozenset(mine["first_frame"].to_pylist()) if mine is not None else frozenset()
 
 
 def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
@@ -225,11 +231,11 @@ def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
         return {"queue": None, "tasks": 0, "new": 0, "unit": recipe.review.unit,
                 "skipped": NO_QUEUE_IN_BUCKET}
     files = {(c["recording"], int(c["clip_index"])): c["files"] for c in clips}
-    made = review_tasks(out, recipe, records, files, dataset, config)
     queue = open_queue(recipe, out_uri, url)
     try:
+        made = review_tasks(out, recipe, records, files, dataset, config, queue.known)
         before = queue.stats()["total"]
-        queue.enqueue_many(made)
+        queue.enqueue_many([task for task in made if task[1] is not None])
         after = queue.stats()["total"]
     finally:
         queue.close()

@@ -297,6 +297,10 @@ class PostgresBackend:
             raise QueueError(f"no task with id {task_id} in {self.name}")
         return _task(rows[0])
 
+    def known(self, keys) -> set[str]:
+        rows = self._run("SELECT key FROM review_tasks WHERE key = ANY(%s::text[])", (list(keys),))
+        return {key for (key,) in rows}
+
     def list(self, state, limit, offset) -> list[Task]:
         where = "" if state is None else "WHERE state = %(state)s"
         rows = self._run(f"SELECT {COLUMNS} FROM review_tasks {where} ORDER BY priority DESC, id "

@@ -84,6 +84,7 @@ class Backend(Protocol):
     """
 
     def enqueue_many(self, rows: Sequence[tuple[str, float, str]]) -> list[int]: ...
+    def known(self, keys: Sequence[str]) -> set[str]: ...
     def lease(self, worker: str, lease_seconds: float, n: int, max_attempts: int) -> list[Task]: ...
     def heartbeat(self, task_id: int, worker: str, lease_seconds: float) -> Task: ...
     def complete(self, task_id: int, worker: str, result: str) -> Task: ...
@@ -236,6 +237,11 @@ class ReviewQueue:
                 raise QueueError(f"task {key!r}: payload must be a dict, got {type(payload).__name__}")
             rows.append((key, number, _json(payload, f"task {key!r}: payload")))
         return self._backend.enqueue_many(rows) if rows else []
+
+    def known(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` have a task (in any state): what a producer need not build again."""
+        keys = [_name(key, "a task key") for key in keys]
+        return self._backend.known(keys) if keys else set()
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -280,6 +280,11 @@ class SQLiteBackend:
             raise QueueError(f"no task with id {task_id} in {self.path}")
         return _task(rows[0])
 
+    def known(self, keys) -> set[str]:
+        rows = self._read("SELECT key FROM review_tasks WHERE key IN (SELECT value FROM json_each(?))",
+                          (json.dumps(list(keys)),))
+        return {key for (key,) in rows}
+
     def list(self, state, limit, offset) -> list[Task]:
         where = "" if state is None else "WHERE state = ?"
         args = () if state is None else (str(state),)

@@ -106,14 +106,27 @@ def test_run_shows_what_happened_in_the_ui(thread_run):
 
 
 def test_rerun_does_no_work_twice_and_a_changed_recipe_redoes_only_what_it_affects(
-        prefect_harness, data):
+        prefect_harness, data, monkeypatch):
     out = data / "rerun"
     config = _recipe(data, "rerun")
     _, first = _run(data, out, config)
     keyframes = (out / "keyframes.parquet").read_bytes()
     exported = {p: p.stat().st_mtime_ns for p in (out / "exports").rglob("*") if p.is_file()}
 
+    # The stages' ledgers answer for every unchanged clip: no clip's state is read.
+    import flows.convert
+    import flows.detect
+    import flows.track
+
+    looked: list[str] = []
+    for module, name in ((flows.convert, "reused_record_uri"), (flows.detect, "detected_before_uri"),
+                         (flows.track, "tracked_before_uri")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name: (
+            looked.append(_name), _real(*a))[1])
     state, again = _run(data, out, config)
+    assert looked == []
+    monkeypatch.undo()
     # Nothing to do costs no task run per clip or object (issue 15, point 12): only the
     # stages' fixed steps (listing, the merged tables, compaction, the queue) run as tasks.
     from prefect.client.orchestration import get_client

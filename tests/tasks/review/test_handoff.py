@@ -97,7 +97,18 @@ def test_enqueue_per_unit_by_priority_and_idempotent(tmp_path, unit, keys):
     assert first["tasks"] == len(keys) and first["new"] == len(keys)
     assert first["queue"] == f"sqlite:///{out_dir / 'review.db'}"
     again = enqueue_reviews(str(out_dir), recipe, records, clips, "/data", None)
-    assert again["new"] == 0
+    assert again["new"] == 0 and again["tasks"] == len(keys)
+    assert again["per_clip"] == first["per_clip"]
+    # Keys the queue has are not measured again (a rerun of 10,000 clips).
+    from tasks.review.handoff import review_tasks
+    from tasks.storage import open_location
+
+    made = review_tasks(open_location(str(out_dir), recipe.storage), recipe, records,
+                        {(c["recording"], c["clip_index"]): c["files"] for c in clips}, "/data",
+                        None, known=lambda asked: set(asked[1:]))
+    assert sorted(t[0] for t in made) == sorted(keys)
+    assert made[0][1] is not None and "measures" in made[0][2]
+    assert all(t[1] is None and "measures" not in t[2] for t in made[1:])
     with ReviewQueue(first["queue"]) as queue:
         leased = [queue.lease("w", 60) for _ in keys]
         assert queue.lease("w", 60) is None

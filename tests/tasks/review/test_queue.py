@@ -66,6 +66,16 @@ def test_enqueue_many_returns_ids_in_input_order_and_never_duplicates(queue):
     assert queue.stats()["total"] == 3
 
 
+def test_known_tells_which_keys_have_a_task_in_any_state(queue):
+    ids = queue.enqueue_many([("a", 1.0, {}), ("b", 2.0, {}), ("c:x/y", 3.0, {})])
+    leased = queue.lease("w", 60)
+    queue.complete(leased.id, "w", {"ok": True})
+    assert queue.known(["a", "b", "c:x/y", "d", "a"]) == {"a", "b", "c:x/y"}
+    assert queue.known([]) == set() and queue.get(ids[2]).state == State.DONE
+    with pytest.raises(QueueError):
+        queue.known([""])
+
+
 def test_enqueue_many_is_all_or_nothing(queue):
     with pytest.raises(QueueError, match="'bad'.*JSON"):
         queue.enqueue_many([("good", 1.0, {}), ("bad", 1.0, {"when": datetime.now()})])
