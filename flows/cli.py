@@ -16,6 +16,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from tasks.errors import Terminated
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 
 
@@ -149,13 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     review.add_parser(sub)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that a `kill`, a container stop or a
-    scheduler's timeout unwinds the same way: the lock released, temp files removed, the
-    embedded Prefect server and any cluster stopped (the default action would end the
-    process at once and leave the server running)."""
 
 
 def _stop(signum, frame) -> None:

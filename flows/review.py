@@ -201,8 +201,8 @@ def run(args) -> tuple[int, Any]:
 
 def main(args) -> int:
     from tasks.errors import ConfigError, PipelineError
-    from tasks.exports.base import FormatError
-    from tasks.review.queue import LeaseLost
+    from tasks.errors import FormatError
+    from tasks.errors import LeaseLost
     from tasks.storage import redact
 
     try:

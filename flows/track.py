@@ -17,9 +17,9 @@ from tasks import progress
 from tasks.detect import converted_records, is_converted, make_detector
 from tasks.recipe import Recipe, load_recipe
 from tasks.storage import open_location
-from tasks.track import (ReviewStorageError, finish_clip_uri, load_keyframes, plan_clip_uri,
-                         run_object_uri, track_key, track_ledger, tracked_before_uri,
-                         write_tracks_uri)
+from tasks.track import (finish_clip_uri, load_keyframes, plan_clip_uri, run_object_uri, track_key,
+                         track_ledger, tracked_before_uri, write_tracks_uri)
+from tasks.errors import ReviewStorageError
 
 plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
 run_object = task(run_object_uri, name="track-object",

@@ -32,18 +32,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.errors import PipelineError
+from tasks.errors import EditError
 from tasks.keyframes import (BOX, KEYFRAME_SCHEMA, KINDS, MODES, attributes_json, expand,
                              sort_tracks, track_starts)
 
 Box = tuple[float, float, float, float]
 Scope = str | tuple[str, int]  # "next" | "end" | ("range", last_frame)
 _SAME = object()  # "keep the end" in `Track._rebuild` (None means "to the clip's end")
-
-
-class EditError(PipelineError, ValueError):
-    """A track breaks a keyframe rule, or an edit was refused; the message names the rule, the
-    track and the frame."""
 
 
 class Attributes(Mapping[str, Any]):

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
 from tasks import progress
-from tasks.convert import ENCODERS, BlockedWithProbe, transcode
-from tasks.errors import Blocked, Reason, StorageError
+from tasks.convert import ENCODERS, transcode
+from tasks.errors import Blocked, BlockedWithProbe, Reason, StorageError
 from tasks.fingerprint import HashingReader
 from tasks.geometry import plan_geometry
 from tasks.ingest import ClipSource

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import av
 
 from tasks.encoding import ENCODERS, EncodeWorker, FrameShaper, OpusAudio, video_encoder
-from tasks.errors import Blocked, Reason, StorageError
+from tasks.errors import Blocked, BlockedWithProbe, Reason, StorageError
 from tasks.geometry import Geometry, plan_geometry
 from tasks.parity import ConcurrentParity
 from tasks.priority import DECODE_NICE, run_in_thread
@@ -32,7 +32,7 @@ from tasks.storage import redact
 from tasks.progress import Meter
 from tasks.signature import SignatureSpill, luma_signature
 
-__all__ = ["ENCODERS", "BlockedWithProbe", "TranscodeResult", "transcode"]
+__all__ = ["ENCODERS", "TranscodeResult", "transcode"]
 
 
 @dataclass
@@ -48,15 +48,6 @@ class TranscodeResult:
     encode_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     parity: ConcurrentParity | None = None  # decoding the WebM behind the muxer
-
-
-class BlockedWithProbe(Blocked):
-    """`Blocked` after the header was read: carries the probe so the row still shows it."""
-
-    def __init__(self, blocked: Blocked, probe: StreamProbe, result: TranscodeResult | None):
-        super().__init__(blocked.reason, blocked.detail)
-        self.probe = probe
-        self.result = result
 
 
 def transcode(reader, size: int, config: ConvertConfig, multiple_video_streams: str,

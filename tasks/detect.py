@@ -30,7 +30,7 @@ from models.boxes import Boxes
 from models.contracts import Detector
 from tasks import merged, progress
 from tasks.detect_driver import detect_checked
-from tasks.errors import ConfigError, PipelineError
+from tasks.errors import ConfigError, MediaReadError, PipelineError
 from tasks.ingest import clip_id_for
 from tasks.ledger import Ledger, Unit
 
@@ -49,10 +49,6 @@ log = logging.getLogger(__name__)
 STATE_DIR = "_state/detect"
 DETECTIONS_FILE = "detections.parquet"
 _QUEUE_BATCHES = 2  # decoded batches waiting for the model: bounds memory
-
-
-class MediaReadError(PipelineError):
-    """A converted WebM could not be read back as it was when converted."""
 
 
 def make_detector(recipe: Recipe) -> Detector:

@@ -54,8 +54,7 @@ def clip_info(out: Location, record: dict[str, Any]) -> ClipInfo:
     from tasks.track import webm_timeline
 
     timeline = webm_timeline(out, record)
-    tb = timeline.time_base
-    times = (timeline.pts.astype(np.float64) * tb.numerator) / tb.denominator
+    times = timeline.seconds()
     fps = record.get("output_fps_measured") or record.get("fps") or "30"
     return ClipInfo(recording=record["recording"], clip_index=int(record["clip_index"]),
                     name=record["clip_name"], video_uri=record["output_uri"],

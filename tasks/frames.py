@@ -40,33 +40,13 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from tasks.errors import Blocked, Reason
+from tasks.errors import Blocked, FrameError, Reason
 from tasks.probe import choose_video_stream, open_media
 
 # A seek target well before any first timestamp: "go to the first keyframe" (FFmpeg answers
 # a backward seek with no keyframe before the target with the first one, for mov, Matroska,
 # WebM and MPEG-TS alike). Far below 0 yet far from int64 overflow when rescaled.
 _BEFORE_START = -(2**40)
-
-
-class FrameError(Blocked):
-    """The decoder did not deliver the frame the timeline promises at ``index``.
-
-    A ``Blocked`` (the clip cannot be trusted: ``reason`` is ``timestamp_mismatch`` or
-    ``decode_error``), carrying ``index``, ``expected_pts`` and ``got_pts`` (None when the
-    decoder produced nothing: end of stream, or no timestamp on the frame).
-    """
-
-    def __init__(self, index: int, expected_pts: int, got_pts: int | None, why: str = "",
-                 reason: Reason = Reason.TIMESTAMP_MISMATCH):
-        detail = f"frame {index}: expected pts {expected_pts}, got {got_pts}"
-        super().__init__(reason, f"{detail} ({why})" if why else detail)
-        self.index, self.expected_pts, self.got_pts, self.why = index, expected_pts, got_pts, why
-
-    def __reduce__(self):
-        # Exceptions unpickle as cls(*args); args here is the message alone (Prefect and
-        # multiprocessing pickle errors), so rebuild from the fields instead.
-        return type(self), (self.index, self.expected_pts, self.got_pts, self.why, self.reason)
 
 
 # ---------------------------------------------------------------------------
@@ -138,6 +118,13 @@ class Timeline:
     def time_s(self, index: int) -> Fraction:
         """Presentation time of frame ``index`` in seconds, exact (``float()`` it for display)."""
         return self.pts_of(index) * self.time_base
+
+    def seconds(self, frames: np.ndarray | None = None) -> np.ndarray:
+        """Presentation times in seconds (float64) of every frame, or of the indices
+        ``frames``: (pts x numerator) / denominator, one correctly rounded division, so the
+        same float as ``float(pts * time_base)`` with Fractions (what the tables hold)."""
+        pts = self.pts if frames is None else self.pts[frames]
+        return (pts.astype(np.float64) * self.time_base.numerator) / self.time_base.denominator
 
     def index_of(self, pts: int) -> int:
         """Index of the frame with exactly this pts; KeyError when no frame has it."""

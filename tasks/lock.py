@@ -20,17 +20,13 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from tasks.errors import PipelineError
+from tasks.errors import OutBusyError
 from tasks.storage import Location, read_bytes, redact, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 LOCK_PATH = ("_state", "writer.lock")
 BEAT_S = 15.0
 STALE_S = 120.0
-
-
-class OutBusyError(PipelineError):
-    """Another run is writing to this OUT."""
 
 
 def _process_start(pid: int) -> str | None:

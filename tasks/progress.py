@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from tasks.errors import Stopped
 from typing import Callable, Protocol
 
 STAGES = ("convert", "detect", "track", "compact", "export")
@@ -112,10 +113,6 @@ def install(progress: RunProgress | None) -> RunProgress | None:
     with _current_lock:
         previous, _current = _current, progress
     return previous
-
-
-class Stopped(Exception):
-    """The process is stopping (SIGTERM or Ctrl-C): work loops end their unit now."""
 
 
 _stopping = threading.Event()

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.detect import MediaReadError, is_converted, open_webm, webm_path
-from tasks.errors import Blocked, ConfigError
+from tasks.detect import is_converted, open_webm, webm_path
+from tasks.errors import Blocked, MediaReadError, SnapshotError
 from tasks.ingest import clip_id_for
 from tasks.items import ITEMS_FILE, read_items
 from tasks.recipe import Recipe
@@ -51,11 +51,6 @@ SNAPSHOT_COLUMNS: Columns = [
     ("png_blake2b", pa.string(), "BLAKE2b-128 of the PNG file's bytes"),
 ]
 SNAPSHOT_SCHEMA = schema(SNAPSHOT_COLUMNS)
-
-
-class SnapshotError(ConfigError):
-    """A snapshot request names an unknown or ambiguous clip, an unconverted clip or a frame
-    the clip does not have; nothing is written."""
 
 
 def clip_label(record: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tasks.errors import ConfigError
+from tasks.errors import SpanError
 from tasks.frames import Timeline
 from tasks.labels import SEPARATOR, LabelTree, load_label_tree
 from tasks.recipe import Recipe
@@ -65,10 +65,6 @@ FRAME_LABEL_COLUMNS: Columns = [
 SPAN_SCHEMA = schema(SPAN_COLUMNS)
 FRAME_LABEL_SCHEMA = schema(FRAME_LABEL_COLUMNS)
 REQUIRED = ("recording", "start_s", "end_s", "label")
-
-
-class SpanError(ConfigError):
-    """A span file is unreadable or malformed; the message names the file and the row."""
 
 
 # --- the span table --------------------------------------------------------------------------
@@ -231,8 +227,7 @@ def frame_labels(spans: pa.Table, records: Sequence[Mapping[str, Any]],
         span = np.repeat(mine, counts)
         frame = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) \
             + np.repeat(lo, counts)
-        tb = timeline.time_base
-        seconds = timeline.pts[frame].astype(np.float64) * tb.numerator / tb.denominator
+        seconds = timeline.seconds(frame)
         parts.append((np.full(frame.size, k), frame, span, seconds, at[frame]))
     if not parts:
         return FRAME_LABEL_SCHEMA.empty_table()

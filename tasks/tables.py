@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.errors import PipelineError
+from tasks.errors import UnreadableTableError
 from tasks.storage import Location, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,6 @@ def write_table_if_changed(out: Location, path: str, table: pa.Table) -> str:
     if read_bytes(out, path) != data:
         write_bytes_atomic(out, path, data)
     return path
-
-
-class UnreadableTableError(PipelineError):
-    """A file the pipeline wrote is not readable Parquet (truncated, garbled)."""
 
 
 def read_table(out: Location, path: str, columns: list[str] | None = None) -> pa.Table | None:

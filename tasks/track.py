@@ -47,7 +47,7 @@ from tasks import merged, progress
 from tasks.associate import associate
 from tasks.detect import STATE_DIR as DETECT_DIR
 from tasks.detect import looked_up, open_webm, read_motion
-from tasks.errors import ConfigError, PipelineError, StorageError
+from tasks.errors import ConfigError, PipelineError, ReviewStorageError, StorageError
 from tasks.frames import FrameReader, Timeline
 from tasks.ingest import clip_id_for
 from tasks.ledger import Ledger, Unit
@@ -562,10 +562,7 @@ def _with_clip_columns(rows: pa.Table, plan: pa.Table, timeline: Timeline,
                        record: dict[str, Any]) -> pa.Table:
     n = rows.num_rows
     frame = rows["frame"].to_numpy()
-    # (pts x numerator) / denominator: one correctly rounded division, the same float as
-    # float(pts * time_base) with Fractions (what the detections table holds).
-    tb = timeline.time_base
-    seconds = (timeline.pts.astype(np.float64) * tb.numerator) / tb.denominator
+    seconds = timeline.seconds()
     # Label (and the model's label) per row: the object's latest keyframe at or before it.
     track = rows["track_id"].to_numpy()
     plan_track, plan_frame = plan["track_id"].to_numpy(), plan["frame"].to_numpy()
@@ -659,8 +656,7 @@ def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str)
     if machine is None or plan is None:
         raise PipelineError(f"{record['output_uri']}: no machine tracks to apply the review to")
     timeline = _load_timeline(out, base)
-    tb = timeline.time_base
-    times = (timeline.pts.astype(np.float64) * tb.numerator) / tb.denominator
+    times = timeline.seconds()
     anchors = {}
     plan_ids, plan_frames = plan["track_id"].to_numpy(), plan["frame"].to_numpy()
     plan_boxes = np.column_stack([plan[c].to_numpy() for c in ("x1", "y1", "x2", "y2")])
@@ -789,19 +785,6 @@ def track_ledger(records: list[dict[str, Any]], out_uri: str, recipe: Recipe,
 def tracked_before_uri(record: dict[str, Any], out_uri: str, recipe: Recipe,
                        key: str) -> dict[str, Any] | None:
     return tracked_before(record, _out(out_uri, recipe), key)
-
-
-class ReviewStorageError(StorageError):
-    """The store failed while applying a clip's review, after its tracks table was assembled
-    (``tracks``, its summary): retried like any store failure; when retries run out the
-    clip keeps its machine tracks and the review is reported as not applied."""
-
-    def __init__(self, message: str, tracks: dict[str, Any]):
-        super().__init__(message, tracks)  # both in args, so it pickles (Dask, Ray)
-        self.tracks = tracks
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def finish_clip_uri(record, out_uri: str, recipe: Recipe, key: str,

@@ -7,11 +7,6 @@ from fractions import Fraction
 
 import numpy as np
 
-from tasks.errors import PipelineError
-
-
-class FormatError(PipelineError, ValueError):
-    """A file in one of our formats is malformed; the message names what and where."""
 
 
 @dataclass(frozen=True)

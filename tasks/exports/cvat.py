@@ -51,7 +51,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.exports.native import ROW_COLUMNS
 from tasks.exports.native import keyframe_table as rows_table
 from tasks.keyframes import BOX, attributes_json, check_keyframes, expand, sort_tracks, track_starts

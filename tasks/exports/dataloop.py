@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.exports.native import ROW_COLUMNS, keyframe_table, shortest_f32
 from tasks.keyframes import BOX, attributes_json, expand, sort_tracks, track_starts
 

@@ -38,7 +38,8 @@ from xml.sax.saxutils import quoteattr
 
 import pyarrow as pa
 
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.exports.cvat import Key, Run, TrackFrames, keyframe_table, runs, track_frames
 from tasks.keyframes import attributes_json
 

@@ -29,7 +29,8 @@ import jsonschema
 import numpy as np
 import pyarrow as pa
 
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.keyframes import BOX, KEYFRAME_SCHEMA, attributes_json, check_keyframes, sort_tracks
 
 NAME = "json"

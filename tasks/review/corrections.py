@@ -39,7 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.keyframes import BOX, KEYFRAME_SCHEMA, expand, sort_tracks
 from tasks.recipe import ResultLimits
 from tasks.storage import Location

@@ -21,8 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.errors import ConfigError
-from tasks.exports.base import FormatError
+from tasks.errors import ConfigError, FormatError
 from tasks.recipe import Recipe
 from tasks.review.corrections import (Review, diff_review, human_frames, read_reviewed,
                                      replay_review, save_review)
@@ -68,7 +67,7 @@ def check_queue(recipe: Recipe, out_uri: str) -> str | None:
         if not out.is_local:
             return NO_QUEUE_IN_BUCKET
         return None  # OUT/review.db: made with OUT, nothing to check
-    from tasks.review.queue import QueueError
+    from tasks.errors import QueueError
 
     try:
         queue = open_queue(recipe, out_uri)
@@ -310,7 +309,7 @@ def submit_result(queue, task_id: int, worker: str, data: bytes, fmt: str,
                   recipe: Recipe) -> dict[str, Any]:
     """Validate a reviewer's result, complete the task with it (the queue refuses a worker
     whose lease is gone), record what changed, and write the clip's review file."""
-    from tasks.review.queue import LeaseLost
+    from tasks.errors import LeaseLost
 
     task = queue.get(task_id)
     if task.state != "leased" or task.worker != worker:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.exports.base import FormatError
+from tasks.errors import FormatError
 from tasks.recipe import ResultLimits
 
 _OPEN = np.zeros(256, np.int8)

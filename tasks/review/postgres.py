@@ -24,7 +24,8 @@ import threading
 from datetime import UTC
 from typing import Any
 
-from tasks.review.queue import EXPIRED_REASON, QueueError, State, Task, lease_lost
+from tasks.errors import QueueError, ServerUnavailable
+from tasks.review.queue import EXPIRED_REASON, State, Task, lease_lost
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_tasks (
@@ -338,10 +339,6 @@ class PostgresBackend:
 
 
 # -- a throwaway server for tests and benchmarks ---------------------------------------------
-
-class ServerUnavailable(QueueError):
-    """No local PostgreSQL server can be started here (binaries or a user to run it missing)."""
-
 
 def find_bindir() -> str:
     """Debian's PostgreSQL binaries (15 preferred, else the newest), or those on PATH."""

@@ -33,18 +33,10 @@ from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from tasks.errors import PipelineError
+from tasks.errors import LeaseLost, QueueError
 
 DEFAULT_MAX_ATTEMPTS = 3
 EXPIRED_REASON = "lease expired"
-
-
-class QueueError(PipelineError):
-    """A review-queue operation cannot be done (bad URL, unknown task, database failure)."""
-
-
-class LeaseLost(QueueError):
-    """The worker no longer holds a live lease on the task it tried to change."""
 
 
 class State(StrEnum):

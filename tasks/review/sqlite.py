@@ -36,7 +36,8 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from tasks.review.queue import EXPIRED_REASON, QueueError, State, Task, lease_lost, utc
+from tasks.review.queue import EXPIRED_REASON, State, Task, lease_lost, utc
+from tasks.errors import QueueError
 
 BUSY_TIMEOUT_MS = 60_000
 

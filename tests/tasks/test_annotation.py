@@ -13,10 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.annotation import (Attributes, EditError, Keyframe, Track, tracks_from_table,
-                              tracks_to_table)
+from tasks.annotation import Attributes, Keyframe, Track, tracks_from_table, tracks_to_table
+from tasks.errors import EditError, PipelineError
 from tasks.compact import compact_tracks
-from tasks.errors import PipelineError
 from tasks.keyframes import KINDS, MODES, check_keyframes, expand
 from tasks.labels import LabelTree
 from tasks.tables import TRACK_SCHEMA

@@ -222,7 +222,8 @@ def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_
 def test_a_review_that_cannot_be_applied_leaves_the_machine_tracks_and_says_why(fresh_out, tmp_path):
     from tasks.compact import compact_tracks
     from tasks.review.corrections import diff_review, review_path, save_review
-    from tasks.track import ReviewStorageError, finish_clip_uri
+    from tasks.track import finish_clip_uri
+    from tasks.errors import ReviewStorageError
 
     scene, out, record = fresh_out
     recipe = _recipe()

@@ -17,8 +17,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from tasks.errors import Blocked, PipelineError, Reason
-from tasks.frames import FrameError, FrameReader, Timeline, frame_timeline, open_reader
+from tasks.errors import Blocked, FrameError, PipelineError, Reason
+from tasks.frames import FrameReader, Timeline, frame_timeline, open_reader
 from tests.synth import (
     identify_frame,
     make_clip,
@@ -142,6 +142,18 @@ def test_timeline_vfr_times_are_exact(refs):
     timeline = open_reader(refs["vfr"].path).timeline
     assert [timeline.time_s(i) for i in range(len(timeline))] == vfr_times()
     assert isinstance(timeline.time_s(3), Fraction)
+    # The float column every table holds: the exact time, correctly rounded.
+    assert timeline.seconds().tolist() == [float(t) for t in vfr_times()]
+    assert timeline.seconds(np.array([3, 1])).tolist() == [float(vfr_times()[3]),
+                                                           float(vfr_times()[1])]
+
+
+def test_timeline_seconds_round_like_fractions_for_awkward_time_bases():
+    rng = np.random.default_rng(7)
+    for tb in (Fraction(1, 90000), Fraction(1001, 30000), Fraction(1, 3), Fraction(7, 1000)):
+        pts = np.cumsum(rng.integers(1, 5000, 2000))
+        timeline = Timeline(pts, tb)
+        assert timeline.seconds().tolist() == [float(int(p) * tb) for p in pts]
 
 
 def test_timeline_edit_list_starts_at_the_cut(refs):

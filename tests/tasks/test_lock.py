@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tasks.lock import LOCK_PATH, OutBusyError, WriterLock, _process_start
+from tasks.lock import LOCK_PATH, WriterLock, _process_start
+from tasks.errors import OutBusyError
 from tasks.storage import open_location
 from tests.tasks.test_s3 import BUCKET, s3, s3_server  # noqa: F401  (fixtures)
 

@@ -14,7 +14,8 @@ import pytest
 from tasks.batch import run_batch
 from tasks.ingest import clip_id_for
 from tasks.recipe import parse_recipe
-from tasks.snapshot import SNAPSHOT_SCHEMA, SnapshotError, resolve_clip, snapshot_uri
+from tasks.snapshot import SNAPSHOT_SCHEMA, resolve_clip, snapshot_uri
+from tasks.errors import SnapshotError
 from tests import synth
 
 RECIPE = parse_recipe({})

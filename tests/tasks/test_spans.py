@@ -18,8 +18,8 @@ from tasks.batch import run_batch
 from tasks.frames import Timeline
 from tasks.labels import LabelTree
 from tasks.recipe import parse_recipe
-from tasks.spans import (FRAME_LABEL_SCHEMA, SPAN_SCHEMA, SpanError, frame_labels,
-                         frame_labels_uri, load_spans)
+from tasks.spans import FRAME_LABEL_SCHEMA, SPAN_SCHEMA, frame_labels, frame_labels_uri, load_spans
+from tasks.errors import SpanError
 from tests import synth
 
 MS = Fraction(1, 1000)

@@ -17,7 +17,8 @@ import pytest
 
 from tasks.compact import compact_tracks
 from tasks.exports import cvat
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.keyframes import (KEYFRAME_SCHEMA, attributes_json, compare_states, expand,
                              normalise_dense)
 from tasks.tables import TRACK_SCHEMA

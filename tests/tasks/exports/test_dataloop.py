@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from tasks.exports import dataloop
-from tasks.exports.base import FormatError
+from tasks.errors import FormatError
 from tasks.keyframes import BOX, KEYFRAME_SCHEMA, compare_states, expand, sort_tracks
 from tests.tasks.exports.test_native import (assert_round_trip, clip_frames, compacted,
                                              dense_tracks, make_clip, standin_keyframes)

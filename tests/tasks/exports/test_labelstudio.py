@@ -15,7 +15,7 @@ import pytest
 
 from tasks.compact import compact_tracks
 from tasks.exports import labelstudio as ls
-from tasks.exports.base import FormatError
+from tasks.errors import FormatError
 from tasks.keyframes import compare_states, expand, normalise_dense
 from tests.peer import run_peer
 from tests.tasks.exports.test_cvat import (CLIP, CLIP_FRAMES, COMPACT_PX, HAND, SNIPPETS, box,

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from tasks.exports import mot
-from tasks.exports.base import FormatError
+from tasks.errors import FormatError
 from tasks.keyframes import KEYFRAME_SCHEMA, expand, normalise_dense, sort_tracks
 from tests.peer import run_peer
 from tests.tasks.exports.test_native import (assert_round_trip, clip_frames, compacted,

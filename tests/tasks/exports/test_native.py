@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from tasks.exports import native
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.keyframes import (BOX, KEYFRAME_SCHEMA, attributes_json, check_keyframes,
                              compare_states, expand, normalise_dense, sort_tracks, track_starts)
 from tasks.tables import TRACK_SCHEMA

@@ -24,7 +24,8 @@ def pg_server() -> str:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg is not installed (pip install -e '.[postgres,test]')")
-    from tasks.review.postgres import ServerUnavailable, local_server
+    from tasks.review.postgres import local_server
+    from tasks.errors import ServerUnavailable
 
     server = local_server({"fsync": "off", "synchronous_commit": "off",
                            "full_page_writes": "off", "max_connections": "200"})

@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 import pytest
 
 from tasks.compact import compact_tracks
-from tasks.exports.base import ClipInfo, FormatError
+from tasks.exports.base import ClipInfo
+from tasks.errors import FormatError
 from tasks.keyframes import KEYFRAME_SCHEMA, sort_tracks
 from tasks.review.corrections import (MOVED_PX, correct_tracks, diff_review, read_reviewed,
                                       replay_review, human_frames)

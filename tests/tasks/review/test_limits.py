@@ -9,7 +9,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from tasks.exports.base import FormatError
+from tasks.errors import FormatError
 from tasks.recipe import ResultLimits
 from tasks.review.limits import check_before_parsing, check_counts, json_depth
 

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.errors import PipelineError
-from tasks.review import LeaseLost, QueueError, ReviewQueue, State, Task
+from tasks.errors import LeaseLost, PipelineError, QueueError
+from tasks.review import ReviewQueue, State, Task
 
 LIVE = 30.0
 SHORT = 0.3

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.review import LeaseLost, ReviewQueue, State
+from tasks.review import ReviewQueue, State
+from tasks.errors import LeaseLost
 
 TASKS = 10_000
 WORKERS = 8
