@@ -30,8 +30,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("recording", pa.string(), "recording name: the clip's folder relative to the dataset URI"),
     ("clip_name", pa.string(), "file name of the clip"),
     ("clip_index", pa.int32(), "0-based position of the clip in its recording (natural order)"),
-    ("status", pa.string(), "ingested | converted | blocked | skipped (unchanged, output kept) | "
-     "failed (a storage fault or a bug, not a verdict: redone on the next run)"),
+    ("status", pa.string(), "the clip's state: ingested, converted, blocked or failed (a storage "
+     "fault or a bug, not a verdict: redone on the next run); the same after any rerun"),
+    ("last_run", pa.string(), "what the last run did with the clip: ingested, converted, "
+     "blocked, failed or skipped (unchanged since an earlier run, outputs kept)"),
     ("reason", pa.string(), "reason code when blocked (e.g. truncated, decode_error)"),
     ("detail", pa.string(), "one sentence explaining the status for people"),
     ("fingerprint", pa.string(), "BLAKE2b-128 of the clip's bytes, computed while it is read"),
@@ -132,8 +134,19 @@ def assign_timeline(records: list[dict[str, Any]]) -> None:
             start += record.get("duration_s") or 0.0
 
 
+def clip_state(record: dict[str, Any]) -> str:
+    """The clip's state for the ``status`` column, from what a run did with it (its
+    in-memory ``status``): a clip this run skipped is as converted (or ingested) as it was."""
+    status = record.get("status")
+    if status != "skipped":
+        return status
+    return "converted" if record.get("parity_ok") and record.get("output_uri") else "ingested"
+
+
 def write_items(out: Location, records: Iterable[dict[str, Any]]) -> str:
-    rows = list(records)
+    """``OUT/items.parquet`` from this run's records, whose ``status`` says what the run did:
+    that goes to ``last_run``, and ``status`` holds the clip's state (`clip_state`)."""
+    rows = [{**r, "status": clip_state(r), "last_run": r.get("status")} for r in records]
     columns = {name: [r.get(name) for r in rows] for name, _, _ in COLUMNS}
     table = pa.table(columns, schema=SCHEMA)
     sink = pa.BufferOutputStream()

@@ -39,7 +39,7 @@ def _session_members(sid: int) -> list[str]:
 def _comparable(out: Path):
     rows = pq.read_table(out / "items.parquet").to_pylist()
     for row in rows:
-        for name in (*TIMING_COLUMNS, "status", "detail", "output_uri"):
+        for name in (*TIMING_COLUMNS, "last_run", "detail", "output_uri"):  # status: the same
             row.pop(name)
     return rows, {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.webm"))}
 

@@ -16,7 +16,8 @@ def _item(index, status, reason=None, detail=None, frames=0):
             "clip_index": index, "status": status, "reason": reason, "detail": detail,
             "source_uri": f"/data/cam/{index}.mp4", "frame_count": frames,
             "output_frames": frames if status in ("converted", "skipped") else None,
-            "output_uri": f"/out/cam/{index}.webm" if status in ("converted", "skipped") else None}
+            "output_uri": f"/out/cam/{index}.webm" if status in ("converted", "skipped") else None,
+            "parity_ok": True if status in ("converted", "skipped") else None}
 
 
 def _rows(clips_and_tracks):
