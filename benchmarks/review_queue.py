@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     with contextlib.ExitStack() as stack:
         pg_url = args.pg_url
         if pg_url is None and any(m.startswith("postgres") for m in modes):
-            from tasks.review.postgres import local_server
+            from tests.pg_server import local_server
 
             settings = dict(s.split("=", 1) for s in args.pg_setting)
             pg_url = stack.enter_context(local_server(settings))

@@ -127,9 +127,6 @@ class LeaseLost(QueueError):
     """The worker no longer holds a live lease on the task it tried to change."""
 
 
-class ServerUnavailable(QueueError):
-    """No local PostgreSQL server can be started here (binaries or a user to run it missing)."""
-
 
 class OutBusyError(PipelineError):
     """Another run is writing to this OUT."""

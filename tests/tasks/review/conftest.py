@@ -24,8 +24,7 @@ def pg_server() -> str:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg is not installed (pip install -e '.[postgres,test]')")
-    from tasks.review.postgres import local_server
-    from tasks.errors import ServerUnavailable
+    from tests.pg_server import ServerUnavailable, local_server
 
     server = local_server({"fsync": "off", "synchronous_commit": "off",
                            "full_page_writes": "off", "max_connections": "200"})
