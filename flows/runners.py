@@ -493,21 +493,10 @@ def look_up(done, calls: list[tuple], threads: int = 16, ledger=None) -> list:
     None: the task does the unit, and reports what is wrong. With a `tasks.ledger.Ledger`
     (its units in call order), a unit whose state is unchanged since the last run is
     answered from it without reading its state."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def look(call: tuple):
-        try:
-            return done(*call)
-        except Exception:
-            return None
+    from tasks.ledger import fill_missing
 
     found = ledger.answers() if ledger is not None else [None] * len(calls)
-    todo = [i for i, answer in enumerate(found) if answer is None]
-    if todo:
-        with ThreadPoolExecutor(min(threads, len(todo)), thread_name_prefix="look-up") as pool:
-            for i, answer in zip(todo, pool.map(look, [calls[i] for i in todo])):
-                found[i] = answer
-    return found
+    return fill_missing(found, lambda i: done(*calls[i]), threads=threads)
 
 
 def submit_unless_done(task, calls: list[tuple], limit: int | None, done, ledger=None) -> list:

@@ -156,8 +156,6 @@ def exported_before(out: Location, records: list[dict[str, Any]],
     read of the keyframes table and one listing of the exports for all clips, and each
     clip's export record read unless the ledger (`tasks.ledger`) has it unchanged, so an
     unchanged batch runs no export task and reads no clip's file."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from tasks.ingest import clip_id_for
     from tasks.ledger import Ledger, Unit
     from tasks.tables import table_digest
@@ -175,14 +173,8 @@ def exported_before(out: Location, records: list[dict[str, Any]],
     state_dir = out.path(EXPORT_STATE_DIR)
     paths = [out.path(EXPORT_STATE_DIR, f"{clip_id_for(r['source_uri'])}.json") for r in records]
     ledger = Ledger(out, "export", [Unit(["export-state", p], ((state_dir, p),)) for p in paths])
-    states = ledger.answers()
-    missing = [i for i, state in enumerate(states) if state is None]
-    if missing:
-        with ThreadPoolExecutor(min(16, len(missing)), thread_name_prefix="look-up") as pool:
-            for i, state in zip(missing, pool.map(lambda i: read_state_json(out, paths[i]),
-                                                  missing)):
-                states[i] = state
-    ledger.settle(states, lambda i: read_state_json(out, paths[i]))
+    states = ledger.look_up(lambda i: read_state_json(out, paths[i]), quiet=False)
+    ledger.keep(states)
 
     def look(record: dict[str, Any], state: Any) -> dict[str, Any] | None:
         rows = slices.get((record["recording"], int(record["clip_index"])))

@@ -80,6 +80,15 @@ class Ledger:
             found.append(entry[1] if fresh else None)
         return found
 
+    def look_up(self, look: Callable[[int], Any], quiet: bool = True) -> list[Any]:
+        """Each unit's answer: kept ones from the ledger, the others ``look(i)``
+        (`fill_missing`)."""
+        return fill_missing(self.answers(), look, quiet)
+
+    def keep(self, answers: list[Any]) -> None:
+        """Keep ``answers`` as they are now, with no task run since they were read."""
+        self._save(answers, {})
+
     def settle(self, answers: list[Any], look: Callable[[int], Any]) -> None:
         """After the stage ran: keep every done unit's answer. ``answers`` are those given
         before the stage's tasks ran (None where a task had work to do), ``look(i)`` looks
@@ -92,17 +101,24 @@ class Ledger:
         if self._listing is None:
             return
         redo = [i for i, answer in enumerate(answers) if answer is None]
-        looked: dict[int, Any] = {}
-        if redo:
-            try:
-                listing = _Listing(self.out, self._folders)
-            except Exception:
-                return
-            with ThreadPoolExecutor(min(16, len(redo)), thread_name_prefix="ledger") as pool:
-                looked = dict(zip(redo, pool.map(_quietly(look), redo)))
+        if not redo:
+            self.keep(answers)
+            return
+        try:
+            listing = _Listing(self.out, self._folders)
+        except Exception:
+            return
+        looked = fill_missing([None] * len(redo), lambda j: look(redo[j]))
+        self._save(answers, {i: (answer, listing) for i, answer in zip(redo, looked)})
+
+    def _save(self, answers: list[Any], redone: dict[int, tuple[Any, "_Listing"]]) -> None:
+        """Write the entries: ``redone[i]`` (an answer and the listing taken before it was
+        read) for units looked up again, ``answers[i]`` under the first listing otherwise."""
+        if self._listing is None:
+            return
         entries = {}
         for i, unit in enumerate(self.units):
-            answer, listed = (looked[i], listing) if i in looked else (answers[i], self._listing)
+            answer, listed = redone.get(i, (answers[i], self._listing))
             if answer is not None and _round_trips(answer):
                 entries[unit.key] = [listed.digest(unit.reads), answer]
         if entries == self._entries:
@@ -137,13 +153,27 @@ class _Listing:
         return h.hexdigest()
 
 
-def _quietly(look: Callable[[int], Any]) -> Callable[[int], Any]:
+def fill_missing(found: list[Any], look: Callable[[int], Any], quiet: bool = True,
+                 threads: int = 16) -> list[Any]:
+    """``found`` with each None replaced by ``look(i)``, in a thread pool (a state read on a
+    bucket is a round trip). ``quiet``: a look that raises is None (its unit is redone, and
+    its task reports what is wrong)."""
+    todo = [i for i, answer in enumerate(found) if answer is None]
+    if not todo:
+        return found
+
     def call(i: int) -> Any:
         try:
             return look(i)
-        except Exception:  # not kept; the next run looks it up again
-            return None
-    return call
+        except Exception:
+            if quiet:
+                return None
+            raise
+
+    with ThreadPoolExecutor(min(threads, len(todo)), thread_name_prefix="look-up") as pool:
+        for i, answer in zip(todo, pool.map(call, todo)):
+            found[i] = answer
+    return found
 
 
 def _round_trips(answer: Any) -> bool:
