@@ -117,13 +117,18 @@ class WriterLock:
         data = self._body()
         fs, path = self.out.fs, self.path
         if self.out.is_local:
+            # Written whole under a private name, then hard-linked into place: link() fails when
+            # the lock exists, and a reader never sees a lock without its holder's details.
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{self.token}"
+            with open(tmp, "wb") as f:
+                f.write(data)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                os.unlink(tmp)
             return True
         try:
             fs.pipe_file(path, data, mode="create")

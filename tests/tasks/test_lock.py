@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_two_real_runs_on_one_out(samples, tmp_path):
 
     data = tmp_path / "data" / "cam"
     data.mkdir(parents=True)
-    for i in range(10):  # long enough that the second starts while the first works
+    for i in range(10):
         shutil.copy(samples["bikes"], data / f"{i}.mp4")
     config = tmp_path / "one.yaml"
     config.write_text("run: {max_parallel_clips: 1}\n")
@@ -98,7 +99,13 @@ def test_two_real_runs_on_one_out(samples, tmp_path):
     deadline = time.time() + 120
     while not os.path.exists(_lock_file(out)) and time.time() < deadline:
         time.sleep(0.1)
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # Freeze the holder so the second run meets its lock whatever the machine's speed (a lock
+    # renewed under 120 s ago by a live process must be respected), then let it finish.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stdout + stderr
     assert second.returncode != 0
