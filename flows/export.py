@@ -1,76 +1,23 @@
-"""Flow `export`: compact what is not compacted yet (running the stages before it), turn
-time spans into per-frame labels when a spans file is given, then write every converted
-clip's keyframes in the asked formats, one task per clip."""
+"""Flow `export`: the whole pipeline DAG (`flows.run`; earlier stages skip what is done),
+time spans turned into per-frame labels when a spans file is given, every converted clip's
+keyframes in the asked formats, and the review tasks. From a tracks table (a Parquet file)
+instead of a dataset, that table is compacted and the clips of OUT's items table exported."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.utilities.annotations import quote
+from prefect import flow, get_run_logger
 
-from flows.compact import compact_stage, is_table
-from flows.convert import _io
-from flows.runners import one_writer, run_command, stage_limit, submit_unless_found
-from flows.track import check_before_start
-from tasks import progress
+from flows import units
+from flows.compact import is_table
+from flows.finish import export_all
+from flows.run import Job, pipeline
+from flows.runners import one_writer, run_command
+from flows.track import check_before_start, track_job
 from tasks.detect import converted_records, is_converted
-from tasks.export import exported_before_uri, export_clip_uri, finish_uri, parse_formats
-from tasks.recipe import Recipe, load_recipe
-from tasks.review.handoff import enqueue_reviews
-from tasks.spans import frame_labels_uri
-
-export_clip = task(export_clip_uri, name="export-clip",
-                   task_run_name="export {record[clip_name]}", **_io)
-finish = task(finish_uri, name="export-finish", **_io)
-spans_to_frames = task(frame_labels_uri, name="spans-to-frame-labels", **_io)
-enqueue_review = task(enqueue_reviews, name="enqueue-review", **_io)
-
-
-def export_stage(uri: str, out: str, recipe: Recipe, config: str | None = None,
-                 formats: list[str] | None = None, spans: str | None = None) -> dict[str, Any]:
-    """Every stage up to compaction, then each converted clip's exports (one task per clip)
-    and the review tasks, within the current flow."""
-    logger = get_run_logger()
-    formats = parse_formats(formats or recipe.export.formats)
-    upstream = compact_stage(uri, out, recipe)
-    spans = spans or recipe.export.spans
-    span_summary = spans_to_frames(out, recipe, spans) if spans else None
-    records = [r for r in converted_records(out, recipe) if is_converted(r)]
-    watching = progress.current()
-    if watching:  # compaction ran over every clip at once
-        for r in records:
-            watching.finish("compact", r["source_uri"])
-        watching.expect("export", [r["source_uri"] for r in records])
-    calls = [(r, out, recipe, formats) for r in records]
-    futures = submit_unless_found(export_clip, calls,
-                                  stage_limit(recipe, recipe.run.max_parallel_clips),
-                                  exported_before_uri(out, recipe, records, formats))
-    clips, failed = [], []
-    for record, future in zip(records, futures):
-        try:
-            clips.append(future.result())
-        except Exception as e:  # reported; the other clips are exported
-            logger.error("export %s failed: %s", record["output_uri"], e)
-            failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
-        if watching:
-            watching.finish("export", record["source_uri"])
-    files = finish(out, recipe, formats, quote(clips))
-    # One review task per clip (or track), keyed so that a rerun adds none twice.
-    review = None
-    if recipe.review.enqueue:
-        try:
-            review = enqueue_review(out, recipe, quote(records), quote(clips), uri,
-                                    os.path.abspath(config) if config else None)
-        except Exception as e:  # the exports are written; the queue is reported, not fatal
-            logger.error("enqueueing review tasks failed: %s", e)
-            failed.append({"unit": "review queue", "error": f"{type(e).__name__}: {e}"})
-    return {**upstream, "spans": span_summary, "review": review, "export": {
-        "formats": formats, "clips": len(clips), "failed": failed,
-        "unchanged": sum(not c["written"] for c in clips),
-        "files": sum(len(v) for c in clips for v in c["files"].values()) +
-        sum(len(v) for v in files.values()), "combined": files}}
+from tasks.export import parse_formats
+from tasks.recipe import load_recipe
 
 
 @flow(name="preannotate-export", log_prints=True)
@@ -79,7 +26,13 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
     recipe = load_recipe(config)
     check_review_queue(recipe, out)
     with one_writer(out, recipe, "preannotate export"):
-        return export_stage(uri, out, recipe, config, formats, spans)
+        if not is_table(uri):
+            return pipeline(track_job(uri, out, recipe, config, until="export", formats=formats,
+                                      spans=spans))
+        compacted = units.compact_tracks(uri, out, recipe)
+        records = [r for r in converted_records(out, recipe) if is_converted(r)]
+        job = Job(uri, out, recipe, config=config, formats=formats, spans=spans)
+        return {"compact": compacted, **export_all(job, records)}
 
 
 def check_review_queue(recipe, out: str) -> None:

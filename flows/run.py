@@ -1,99 +1,164 @@
-"""Flow `run`: the whole pipeline on a dataset (ingest -> convert -> detect -> track ->
-compact -> export -> enqueue review, each stage one task per clip or object) plus what a data
-engineer sees in the Prefect UI without opening logs: a progress artifact that moves while
-the run works, a table artifact of every clip (status, reason, frames, detections, tracks,
-keyframes, review tasks) and a markdown artifact per clip with its previews (also written to
-``OUT/previews/``). The run's final state says how many clips were done, blocked and failed.
+"""The pipeline as one DAG, read top-down.
+
+    list clips                                  (one task: the listing, natural order)
+    per clip, on its own:   convert -> detect -> track (plan; one unit per object, its
+                            chunks in order inside; the clip's tracks table and review)
+    once, for the recording: items table, merged detections and tracks (global frames),
+                            keyframes, exports + combined files, review tasks
+    `run` only:             report table, previews, UI artifacts
+
+Clip k is detected while clip k+1 converts: each stage has its own limit (clips at once per
+stage, objects at once for tracking) on the thread runner, the cluster's size on Dask or Ray.
+The stage commands (`convert`, `detect`, `track`, `compact`, `export`) are this DAG stopped
+early (``Job.until``). Before any task runs, every stage's answers for unchanged clips come in
+bulk from its ledger (`tasks.ledger`): a clip with nothing to do runs no task, and chains
+start only for clips with work left.
 """
 
 from __future__ import annotations
 
-import contextvars
-import threading
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact,
-                               create_table_artifact, update_progress_artifact)
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed
 
-from flows.convert import _io
-from flows.export import check_review_queue, check_export_args, export_flow, export_stage
-from flows.runners import (flow_runner, one_writer, run_command, scaled_out, stage_limit, stage_runner,
-                           submit_bounded)
+from flows import units
+from flows.artifacts import ProgressArtifact, artifact_key
+from flows.finish import finish_recording
+from flows.lanes import Lanes, look_ahead
+from flows.runners import flow_runner, one_writer, run_command, scaled_out, stage_limit, \
+    stage_runner, submit_bounded
 from tasks import progress
-from tasks.recipe import load_recipe
-from tasks.report import (artifact_rows, clip_preview_uri, clip_rows_uri, outcome_counts,
-                          note_previews_uri, outcome_line, previews_current_uri,
-                          stage_failures)
+from tasks.detect import is_converted
+from tasks.ingest import ClipSource
+from tasks.recipe import Recipe, load_recipe
+from tasks.report import (artifact_rows, clip_rows_uri, note_previews_uri, outcome_counts,
+                          outcome_line, previews_current_uri, stage_failures)
 
-clip_preview = task(clip_preview_uri, name="clip-previews",
-                    task_run_name="previews {row[clip]}", **_io)
+STAGES = progress.STAGES  # convert, detect, track, compact, export
+Stage = Literal["convert", "detect", "track", "compact", "export"]
 RUN_TABLE_KEY = "preannotate-run"
 
 
-class _ProgressArtifact:
-    """Pushes the run's progress to its Prefect progress artifact every ``every_s`` seconds
-    while it changes (from a thread, so it moves during one long clip too)."""
+@dataclass(frozen=True)
+class Job:
+    """What one run of the DAG is asked to do."""
 
-    def __init__(self, watching: progress.RunProgress, every_s: float = 2.0):
-        self.watching, self.every_s = watching, every_s
-        self.id = create_progress_artifact(0.0, description="share of the run's units done "
-                                           "(convert, detect, track, compact, export per clip)")
-        self.stop = threading.Event()
-        self.sent = 0.0
-        self.thread = threading.Thread(target=contextvars.copy_context().run,
-                                       args=(self._loop,), daemon=True, name="progress-artifact")
-        self.thread.start()
+    uri: str
+    out: str
+    recipe: Recipe
+    until: Stage = "export"
+    mode: Literal["ingest", "convert"] = "convert"
+    config: str | None = None  # the recipe file, named in review tasks
+    track_key: str = ""  # the tracking settings (and human keyframes) tracks are made with
+    keyframes: str | None = None  # a human keyframes file (`track --keyframes`)
+    formats: list[str] | None = None  # export formats, else the recipe's
+    spans: str | None = None  # a time-spans file to turn into frame labels
+    max_error_px: float | None = None  # `compact`'s tolerance, else the recipe's
+    min_iou: float | None = None
 
-    def _push(self, value: float) -> None:
-        if abs(value - self.sent) >= 0.1:
-            try:
-                update_progress_artifact(self.id, value)
-                self.sent = value
-            except Exception:  # progress is for watching; never fail a run over it
-                pass
-
-    def _loop(self) -> None:
-        while not self.stop.wait(self.every_s):
-            self._push(round(100 * self.watching.fraction(), 1))
-
-    def close(self, value: float = 100.0) -> None:
-        self.stop.set()
-        self.thread.join()
-        self._push(value)
+    def reaches(self, stage: Stage) -> bool:
+        """Whether the job runs ``stage`` (ingesting is the first stage in its light mode)."""
+        if stage == "convert":
+            return True
+        return self.mode == "convert" and STAGES.index(stage) <= STAGES.index(self.until)
 
 
-def _artifact_key(row: dict[str, Any]) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes."""
-    import hashlib
-    import re
+@dataclass
+class ClipRun:
+    """One clip's way through the chain: what each stage answered, and what failed."""
 
-    slug = re.sub(r"[^a-z0-9]+", "-", row["clip"].lower()).strip("-")[:40]
-    return f"clip-{slug}-{hashlib.blake2b(row['clip'].encode(), digest_size=3).hexdigest()}"
+    source: ClipSource
+    found: dict[str, Any] = field(default_factory=dict)  # answers known before any task
+    record: dict[str, Any] | None = None  # convert: the clip's record (its items row)
+    detected: dict[str, Any] | None = None  # detect: its summary
+    tracked: dict[str, Any] | None = None  # track: {"tracks", "review", "review_error"}
+    failed: dict[str, list[dict[str, str]]] = field(
+        default_factory=lambda: {"detect": [], "track": []})
+
+    @property
+    def uri(self) -> str:
+        return self.source.source_uri
+
+    def needs_work(self, job: Job) -> bool:
+        """Whether any stage the job reaches was not found done (a blocked clip stops)."""
+        for stage in ("convert", "detect", "track"):
+            if not job.reaches(stage):
+                return False
+            if self.found.get(stage) is None:
+                return True
+            if stage == "convert" and not is_converted(self.found[stage]):
+                return False
+        return False
 
 
-def _stages(uri: str, out: str, recipe, config: str | None) -> dict[str, Any]:
-    """Every stage's tasks in this flow run when it runs on the recipe's task runner (the
-    CLI starts it so); otherwise (a deployment started on Prefect's default runner with a Dask
-    or Ray recipe) in one nested flow on the cluster's runner."""
+def pipeline(job: Job) -> dict[str, Any]:
+    """The DAG within the current flow run; returns the stages' summaries."""
+    clips = units.list_clips(job.uri, job.out, job.recipe)
+    get_run_logger().info("%d clip(s) listed under %s", len(clips), job.uri)
+    runs = [ClipRun(clip) for clip in clips]
+    if progress.current():
+        progress.current().expect("convert", [r.uri for r in runs])
+    look_ahead(job, runs)
+    lanes = Lanes(job, clip_chain)
+    for run in runs:
+        if not run.needs_work(job):
+            lanes.take_found(run)
+    lanes.run_chains([r for r in runs if r.needs_work(job)])
+    return finish_recording(job, runs)
+
+
+def clip_chain(job: Job, lanes: Lanes, run: ClipRun) -> None:
+    """One clip through every stage the job reaches; a blocked or failed clip stops."""
+    run.record = lanes.convert(run)
+    if not (job.reaches("detect") and is_converted(run.record)):
+        return
+    run.detected = lanes.detect(run)
+    if not job.reaches("track") or run.detected is None:
+        return
+    run.tracked = lanes.track(run)
+
+
+# --- the `run` command: every stage, and what people see in the UI ---------------------------
+
+def _stages(job: Job) -> dict[str, Any]:
+    """The DAG on the recipe's task runner when this flow run has it (the CLI starts it so);
+    otherwise (a deployment started on Prefect's default runner with a Dask or Ray recipe)
+    in one nested flow run on the cluster's runner."""
     from prefect.context import FlowRunContext
 
-    wanted = type(stage_runner(recipe, 1))
     here = FlowRunContext.get()
-    if here is not None and isinstance(here.task_runner, wanted):
-        return export_stage(uri, out, recipe, config)
-    return export_flow.with_options(task_runner=flow_runner(recipe))(uri=uri, out=out,
-                                                                     config=config)
+    if here is not None and isinstance(here.task_runner, type(stage_runner(job.recipe, 1))):
+        return pipeline(job)
+    return pipeline_flow.with_options(task_runner=flow_runner(job.recipe))(
+        uri=job.uri, out=job.out, config=job.config)
+
+
+@flow(name="preannotate-pipeline", log_prints=True)
+def pipeline_flow(uri: str, out: str, config: str | None = None) -> dict[str, Any]:
+    """Every stage, as a flow of its own (run on a cluster's task runner)."""
+    return pipeline(whole_job(uri, out, config))
+
+
+def whole_job(uri: str, out: str, config: str | None) -> Job:
+    from tasks.track import track_key
+
+    recipe = load_recipe(config)
+    return Job(uri, out, recipe, config=config, track_key=track_key(recipe, None))
 
 
 @flow(name="preannotate-run", log_prints=True)
 def run_flow(uri: str, out: str, config: str | None = None):
     """Every stage on every clip under ``uri`` into ``out``; ends Completed (blocked clips
     are verdicts, not failures) or Failed when a unit failed, with the counts as message."""
+    from flows.export import check_review_queue
+
     logger = get_run_logger()
     recipe = load_recipe(config)
     check_review_queue(recipe, out)
+    job = whole_job(uri, out, config)
     watching = progress.current()
     installed = watching is None
     if installed:
@@ -102,26 +167,13 @@ def run_flow(uri: str, out: str, config: str | None = None):
     bar = None
     try:
         try:
-            bar = _ProgressArtifact(watching)
+            bar = ProgressArtifact(watching)
         except Exception as e:  # progress is for watching; never fail a run over it
             logger.warning("no progress artifact: %s", e)
         with one_writer(out, recipe, "preannotate run"), scaled_out(recipe):
-            summary = _stages(uri, out, recipe, config)
+            summary = _stages(job)
             rows = clip_rows_uri(out, recipe, summary)
-            # Previews (and their artifacts) only for clips whose previews changed.
-            every = [r for r in rows if r["status"] == "done"]
-            current = previews_current_uri(every, out, recipe)
-            done = [r for r, same in zip(every, current) if not same]
-            futures = submit_bounded(clip_preview, [(r, out, recipe) for r in done],
-                                     stage_limit(recipe, recipe.run.max_parallel_clips))
-            previews = {}
-            for row, future in zip(done, futures):
-                try:
-                    previews[row["clip"]] = future.result()
-                except Exception as e:  # previews are for watching; the outputs stand
-                    logger.warning("previews of %s failed: %s", row["clip"], e)
-            if len(previews) == len(done):
-                note_previews_uri(every, out, recipe)
+            previews, done, current = _previews(rows, out, recipe)
     finally:
         if bar is not None:
             bar.close()
@@ -133,7 +185,7 @@ def run_flow(uri: str, out: str, config: str | None = None):
                           description=f"preannotate run of {uri} into {out}: {line}")
     for row in done:
         if row["clip"] in previews:
-            create_markdown_artifact(previews[row["clip"]]["markdown"], key=_artifact_key(row),
+            create_markdown_artifact(previews[row["clip"]]["markdown"], key=artifact_key(row),
                                      description=f"{row['clip']}: previews")
     result = {**summary, "outputs": out, "clips": rows, "outcomes": counts,
               "previews": {clip: p["files"] for clip, p in previews.items()},
@@ -147,9 +199,29 @@ def run_flow(uri: str, out: str, config: str | None = None):
     return Completed(message=line, data=result)
 
 
+def _previews(rows: list[dict[str, Any]], out: str, recipe: Recipe):
+    """Previews (and their artifacts) only for clips whose previews changed."""
+    every = [r for r in rows if r["status"] == "done"]
+    current = previews_current_uri(every, out, recipe)
+    done = [r for r, same in zip(every, current) if not same]
+    futures = submit_bounded(units.clip_preview, [(r, out, recipe) for r in done],
+                             stage_limit(recipe, recipe.run.max_parallel_clips))
+    previews = {}
+    for row, future in zip(done, futures):
+        try:
+            previews[row["clip"]] = future.result()
+        except Exception as e:  # previews are for watching; the outputs stand
+            get_run_logger().warning("previews of %s failed: %s", row["clip"], e)
+    if len(previews) == len(done):
+        note_previews_uri(every, out, recipe)
+    return previews, done, current
+
+
 def run_pipeline(uri: str, out: str, config: str | None = None) -> dict[str, Any]:
     """The CLI's `run`: checks that fail before Prefect starts, then the flow; returns its
     summary whatever the final state (the counts say what happened)."""
+    from flows.export import check_export_args
+
     recipe = load_recipe(config)
     check_export_args(recipe, uri, out, None)
     state = run_command(run_flow, recipe, uri=uri, out=out, config=config, return_state=True)

@@ -448,9 +448,10 @@ def _heartbeats_where_watched() -> Iterator[None]:
 
 
 def flow_runner(recipe: Recipe) -> TaskRunner:
-    """The task runner of a command's one flow: every stage's tasks run on it, so its pool
-    holds the largest of the stages' limits (each stage keeps its own with `submit_bounded`)."""
-    return stage_runner(recipe, max(recipe.run.max_parallel_clips, recipe.track.max_parallel))
+    """The task runner of a command's one flow: every stage's tasks run on it at once (clips
+    converting, detecting, planning and finishing their tracks, objects tracking), so its
+    pool holds the sum of the stages' limits; each stage keeps its own (`flows.lanes`)."""
+    return stage_runner(recipe, 4 * recipe.run.max_parallel_clips + recipe.track.max_parallel)
 
 
 def submit_bounded(task, calls: list[tuple], limit: int | None) -> list:
@@ -487,36 +488,10 @@ class Done:
         return self.value
 
 
-def look_up(done, calls: list[tuple], threads: int = 16, ledger=None) -> list:
-    """``done(*call)`` for every call, in a thread pool (a state read on a bucket is a round
-    trip): each unit's result when it is done already, else None. A look-up that fails is
-    None: the task does the unit, and reports what is wrong. With a `tasks.ledger.Ledger`
-    (its units in call order), a unit whose state is unchanged since the last run is
-    answered from it without reading its state."""
-    from tasks.ledger import fill_missing
-
-    found = ledger.answers() if ledger is not None else [None] * len(calls)
-    return fill_missing(found, lambda i: done(*calls[i]), threads=threads)
-
-
-def submit_unless_done(task, calls: list[tuple], limit: int | None, done, ledger=None) -> list:
-    """`submit_bounded` for the units `look_up` does not find done: a unit that is done costs
-    a state read here (or nothing, answered by ``ledger``) and no task run (a task run is
-    ~30 ms of Prefect bookkeeping: minutes for 10,000 unchanged clips). Returns futures (or
-    `Done`) in call order."""
-    return submit_unless_found(task, calls, limit, look_up(done, calls, ledger=ledger))
-
-
-def keep_answers(ledger, done, calls: list[tuple], futures: list) -> None:
-    """After a stage's tasks ran: the ledger keeps every done unit's answer for the next run
-    (units found done kept theirs; the others are looked up once more)."""
-    found = [f.value if isinstance(f, Done) else None for f in futures]
-    ledger.settle(found, lambda i: done(*calls[i]))
-
-
 def submit_unless_found(task, calls: list[tuple], limit: int | None, found: list) -> list:
-    """`submit_bounded` for the calls whose entry in ``found`` is None; the others are `Done`
-    with that value."""
+    """`submit_bounded` for the calls whose entry in ``found`` is None (a unit found done
+    costs no task run: ~30 ms of Prefect bookkeeping each, minutes at 10,000 clips); the
+    others are `Done` with that value. Futures (or `Done`) in call order."""
     todo = [call for call, value in zip(calls, found) if value is None]
     submitted = iter(submit_bounded(task, todo, limit))
     return [Done(value) if value is not None else next(submitted) for value in found]

@@ -70,7 +70,7 @@ def make_detector(recipe: Recipe) -> Detector:
 
 
 def is_converted(record: dict[str, Any]) -> bool:
-    return bool(record.get("output_uri") and record.get("parity_ok")
+    return bool(record and record.get("output_uri") and record.get("parity_ok")
                 and record.get("status") in ("converted", "skipped"))
 
 

@@ -51,6 +51,13 @@ class RunProgress:
                 self.units[stage].setdefault(unit, _Unit())
         self._notify(stage, "")
 
+    def add(self, stage: str, unit: str) -> None:
+        """One more unit of ``stage``, whose full list is not known yet (a clip reaching it
+        in the pipeline); `expect` says when the list is complete."""
+        with self.lock:
+            self.units[stage].setdefault(unit, _Unit())
+        self._notify(stage, unit)
+
     def frames(self, stage: str, unit: str, added: int, total: int | None = None) -> None:
         with self.lock:
             entry = self.units[stage].setdefault(unit, _Unit())
@@ -126,6 +133,16 @@ def request_stop(stop: bool = True) -> None:
         _stopping.set()
     else:
         _stopping.clear()
+
+
+def stop_requested() -> bool:
+    return _stopping.is_set()
+
+
+def check_stop(what: str) -> None:
+    """Raise `Stopped` when the run is stopping (before starting more work)."""
+    if _stopping.is_set():
+        raise Stopped(f"{what}: the run is stopping")
 
 
 class Meter:

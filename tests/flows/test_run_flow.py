@@ -114,13 +114,11 @@ def test_rerun_does_no_work_twice_and_a_changed_recipe_redoes_only_what_it_affec
     exported = {p: p.stat().st_mtime_ns for p in (out / "exports").rglob("*") if p.is_file()}
 
     # The stages' ledgers answer for every unchanged clip: no clip's state is read.
-    import flows.convert
-    import flows.detect
-    import flows.track
+    import flows.lanes
 
     looked: list[str] = []
-    for module, name in ((flows.convert, "reused_record_uri"), (flows.detect, "detected_before_uri"),
-                         (flows.track, "tracked_before_uri")):
+    for name in ("reused_record_uri", "detected_before_uri", "tracked_before_uri"):
+        module = flows.lanes
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name: (
             looked.append(_name), _real(*a))[1])
