@@ -102,7 +102,7 @@ def flow_run(dataset: str, out: Path, config: Path) -> None:
 def stages_alone(dataset: str, out_dir: Path, config: Path) -> tuple[float, dict[str, float]]:
     """The pipeline's work as plain calls, one stage after another; per-stage seconds."""
     from tasks.batch import run_batch
-    from tasks.compact import compact_uri
+    from tasks.compaction import compact_uri
     from tasks.detect import converted_records, detect_clip, is_converted, write_detections
     from tasks.export import export_clip, finish, parse_formats
     from tasks.recipe import load_recipe

@@ -363,7 +363,7 @@ def _report(summary: dict, as_json: bool) -> None:
         else:
             print(f"review: {r['tasks']} task(s), one per {r['unit']}, {r['new']} new, "
                   f"queue {r['queue']}")
-    for stage in ("detect", "track", "export"):
+    for stage in ("detect", "track", "compact", "export"):
         for f in (summary.get(stage) or {}).get("failed", []):
             print(f"  {stage} failed: {f.get('unit') or f.get('clip')}: {f['error']}")
     if "outputs" in summary:  # `run`: what happened and where everything is

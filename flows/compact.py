@@ -26,7 +26,9 @@ def compact_flow(source: str, out: str, config: str | None = None,
     recipe = load_recipe(config)
     with one_writer(out, recipe, "preannotate compact"):
         if is_table(source):
-            return {"compact": units.compact_tracks(source, out, recipe, max_error_px, min_iou)}
+            summary = units.compact_tracks(source, out, recipe, max_error_px, min_iou)
+            summary.pop("per_clip", None)
+            return {"compact": summary}
         return pipeline(track_job(source, out, recipe, config, until="compact",
                                   max_error_px=max_error_px, min_iou=min_iou))
 

@@ -30,9 +30,11 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
             return pipeline(track_job(uri, out, recipe, config, until="export", formats=formats,
                                       spans=spans))
         compacted = units.compact_tracks(uri, out, recipe)
+        kept = {(c["recording"], c["clip_index"]): c for c in compacted.pop("per_clip", [])}
         records = [r for r in converted_records(out, recipe) if is_converted(r)]
         job = Job(uri, out, recipe, config=config, formats=formats, spans=spans)
-        return {"compact": compacted, **export_all(job, records)}
+        return {"compact": compacted, **export_all(job, records, [
+            kept.get((r["recording"], int(r["clip_index"]))) for r in records])}
 
 
 def check_review_queue(recipe, out: str) -> None:

@@ -18,14 +18,14 @@ from flows import units
 from flows.runners import stage_limit, submit_unless_found
 from tasks import progress
 from tasks.detect import converted_records, is_converted
-from tasks.export import exported_before_uri, parse_formats
+from tasks.export import exported_before_uri
 
 if TYPE_CHECKING:
     from flows.run import ClipRun, Job
 
 
 def finish_recording(job: "Job", runs: list["ClipRun"]) -> dict[str, Any]:
-    from flows.lanes import settle_ledgers
+    from flows.look_ahead import settle_ledgers
 
     logger = get_run_logger()
     watching = progress.current()
@@ -67,51 +67,102 @@ def finish_recording(job: "Job", runs: list["ClipRun"]) -> dict[str, Any]:
                             if f["review"] is not None and f["review"]["status"] == "applied"]}
     if not job.reaches("compact"):
         return summary
-    summary["compact"] = units.compact_tracks(summary["track"]["tracks_uri"], job.out, job.recipe,
-                                              job.max_error_px, job.min_iou)
+    tracked = [by_uri[rec["source_uri"]] for rec in ready if by_uri[rec["source_uri"]].tracked]
+    summary["compact"] = {**units.merge_keyframes(
+        job.out, job.recipe, quote([r.compacted for r in tracked if r.compacted]), quote(items),
+        job.max_error_px, job.min_iou), "failed": [f for r in runs for f in r.failed["compact"]]}
     if not job.reaches("export"):
         return summary
-    return {**summary, **export_all(job, ready)}
+    done = [r for r in tracked if r.compacted]
+    return {**summary, **export_all(job, [r.record for r in done], [r.compacted for r in done],
+                                    done)}
 
 
-def export_all(job: "Job", records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Spans to frame labels (given a spans file), every converted clip's exports in the
-    asked formats (one task per clip with something to write), the combined files, and the
-    review tasks (one per clip or track, keyed so that a rerun adds none twice)."""
+def export_all(job: "Job", records: list[dict[str, Any]],
+               compacted: list[dict[str, Any] | None],
+               runs: list["ClipRun"] | None = None) -> dict[str, Any]:
+    """Spans to frame labels (given a spans file), the exports the clips' chains did not
+    write (formats that need every clip: MOT numbers classes by the labels of the whole
+    run), the combined files, and the review tasks not enqueued by the chains. ``runs``: the
+    clips' chains, in the order of ``records`` (None when exporting a tracks table)."""
     logger = get_run_logger()
     recipe, out = job.recipe, job.out
-    formats = parse_formats(job.formats or recipe.export.formats)
+    formats = job.all_formats()
     spans = job.spans or recipe.export.spans
     span_summary = units.spans_to_frames(out, recipe, spans) if spans else None
+    runs = runs or [None] * len(records)
+    labels = sorted({label for c in compacted if c for label in c["labels"]})
     watching = progress.current()
-    if watching:  # compaction ran over every clip at once
-        for r in records:
-            watching.finish("compact", r["source_uri"])
+    if watching:
+        watching.expect("compact", [])
         watching.expect("export", [r["source_uri"] for r in records])
-    calls = [(r, out, recipe, formats) for r in records]
+    calls = [(r, out, recipe, formats, c, labels) for r, c in zip(records, compacted)]
     futures = submit_unless_found(units.export_clip, calls,
                                   stage_limit(recipe, recipe.run.max_parallel_clips),
-                                  exported_before_uri(out, recipe, records, formats))
-    clips, failed = [], []
-    for record, future in zip(records, futures):
+                                  exported_before_uri(out, recipe, records, formats, compacted,
+                                                      labels))
+    clips, failed = [], [f for r in runs if r for f in r.failed["export"]]
+    for record, run, future in zip(records, runs, futures):
         try:
-            clips.append(future.result())
+            clip = future.result()
         except Exception as e:  # reported; the other clips are exported
             logger.error("export %s failed: %s", record["output_uri"], e)
             failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
+            continue
+        if run is not None and run.exported is not None:  # what its chain wrote counts too
+            clip = {**clip, "written": sorted({*clip["written"], *run.exported["written"]})}
+        clips.append(clip)
         if watching:
             watching.finish("export", record["source_uri"])
     files = units.finish_exports(out, recipe, formats, quote(clips))
     review = None
     if recipe.review.enqueue:
-        try:
-            review = units.enqueue_review(out, recipe, quote(records), quote(clips), job.uri,
-                                          os.path.abspath(job.config) if job.config else None)
-        except Exception as e:  # the exports are written; the queue is reported, not fatal
-            logger.error("enqueueing review tasks failed: %s", e)
-            failed.append({"unit": "review queue", "error": f"{type(e).__name__}: {e}"})
+        review = _reviews(job, records, runs, clips, failed)
     return {"spans": span_summary, "review": review, "export": {
         "formats": formats, "clips": len(clips), "failed": failed,
         "unchanged": sum(not c["written"] for c in clips),
         "files": sum(len(v) for c in clips for v in c["files"].values()) +
         sum(len(v) for v in files.values()), "combined": files}}
+
+
+def _reviews(job: "Job", records: list[dict[str, Any]], runs: list, clips: list[dict[str, Any]],
+             failed: list[dict[str, str]]) -> dict[str, Any] | None:
+    """The review summary: the chains' tasks, and one task enqueueing those of the exported
+    clips no chain enqueued (a tracks table's clips)."""
+    from tasks.review.handoff import queue_url
+
+    recipe = job.recipe
+    exported = {(c["recording"], int(c["clip_index"])) for c in clips}
+    parts, leftover = [], []
+    for record, run in zip(records, runs):
+        where = (record["recording"], int(record["clip_index"]))
+        if run is not None and run.failed["review"]:
+            failed.extend(run.failed["review"])
+        elif run is not None and run.reviewed is not None:
+            parts.append((where, run.reviewed))
+        elif where in exported:
+            leftover.append(record)
+    if leftover:
+        try:
+            batch = units.enqueue_review(job.out, recipe, quote(leftover), quote(
+                [c for c in clips if (c["recording"], int(c["clip_index"])) in
+                 {(r["recording"], int(r["clip_index"])) for r in leftover}]), job.uri,
+                os.path.abspath(job.config) if job.config else None)
+            parts.extend(((rec, int(i)), {"tasks": n, "new": 0}) for rec, i, n in
+                         batch.get("per_clip", []))
+            if batch.get("skipped"):
+                return batch
+            parts.append((None, {"tasks": 0, "new": batch["new"]}))
+        except Exception as e:  # the exports are written; the queue is reported, not fatal
+            get_run_logger().error("enqueueing review tasks failed: %s", e)
+            failed.append({"unit": "review queue", "error": f"{type(e).__name__}: {e}"})
+    skipped = [p for _, p in parts if p.get("skipped")]
+    if skipped:
+        return {"queue": None, "tasks": 0, "new": 0, "unit": recipe.review.unit,
+                "skipped": skipped[0]["skipped"]}
+    if not parts and any(f.get("unit") == "review queue" for f in failed):
+        return None
+    return {"queue": queue_url(recipe, job.out), "tasks": sum(p["tasks"] for _, p in parts),
+            "new": sum(p["new"] for _, p in parts), "unit": recipe.review.unit,
+            "per_clip": [[w[0], w[1], p["tasks"]] for w, p in sorted(
+                (w, p) for w, p in parts if w is not None)]}

@@ -1,10 +1,15 @@
-"""The mechanics of the DAG's chains (`flows.run`): the look-ahead that answers unchanged
-clips in bulk before any task runs, the lanes that run each stage's tasks within its own
-limit, and the ledgers kept for the next run."""
+"""The lanes of the DAG's chains (`flows.run`): each stage's tasks run within that stage's
+own limit (clips at once per stage, objects at once for tracking, one queue writer), so
+clip k is detected while clip k+1 converts and a clip's objects track while others detect.
+Each lane method takes one clip one stage further: the answer found before any task
+(`flows.look_ahead`), else its task; a failure is the clip's, reported, and the batch goes
+on (nothing was recorded as done, so the next run redoes it).
+"""
 
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -15,56 +20,13 @@ from flows import units
 from flows.runners import stage_limit
 from tasks import progress
 from tasks.batch import failed_record
-from tasks.clip import convert_ledger, reused_record_uri
-from tasks.detect import detect_ledger, detected_before_uri, is_converted
 from tasks.errors import ReviewStorageError
-from tasks.ledger import fill_missing
-from tasks.track import track_ledger, tracked_before_uri
 
 if TYPE_CHECKING:
     from flows.run import ClipRun, Job
 
 
-# --- the look-ahead: every stage's answers for unchanged clips, in bulk ----------------------
-
-def look_ahead(job: "Job", runs: list["ClipRun"]) -> None:
-    """Fill ``run.found`` stage by stage for the clips whose earlier stages are found done:
-    ledgers first, then one state read per clip the ledger cannot answer."""
-    recipe = job.recipe
-    calls = [(r.source, job.uri, job.out, recipe, job.mode) for r in runs]
-    found = look_up(reused_record_uri, calls, convert_ledger([r.source for r in runs], job.out,
-                                                              recipe, job.mode))
-    for run, answer in zip(runs, found):
-        run.found["convert"] = answer
-    if not job.reaches("detect"):
-        return
-    ready = [r for r in runs if is_converted(r.found["convert"])]
-    records = [r.found["convert"] for r in ready]
-    found = look_up(detected_before_uri, [(rec, job.out, recipe) for rec in records],
-                    detect_ledger(records, job.out, recipe))
-    for run, answer in zip(ready, found):
-        run.found["detect"] = answer
-    if not job.reaches("track"):
-        return
-    ready = [r for r in ready if r.found["detect"] is not None]
-    records = [r.found["convert"] for r in ready]
-    found = look_up(tracked_before_uri, [(rec, job.out, recipe, job.track_key) for rec in records],
-                    track_ledger(records, job.out, recipe, job.track_key))
-    for run, answer in zip(ready, found):
-        run.found["track"] = answer
-
-
-def look_up(done, calls: list[tuple], ledger) -> list:
-    """``done(*call)`` per call, answered from ``ledger`` where its state is unchanged."""
-    return fill_missing(ledger.answers(), lambda i: done(*calls[i]))
-
-
-# --- the lanes: each stage's limit, its task calls and its failures --------------------------
-
 class Lanes:
-    """Runs the chains: each stage's tasks within its own limit, so clip k is detected while
-    clip k+1 converts, and a clip's objects are tracked while other clips detect."""
-
     def __init__(self, job: "Job", chain):
         self.job, self.chain = job, chain  # chain(job, lanes, run): one clip's way
         recipe = job.recipe
@@ -72,7 +34,7 @@ class Lanes:
         objects = stage_limit(recipe, recipe.track.max_parallel)
         self.slots = {name: threading.Semaphore(n) if n else None for name, n in (
             ("convert", clips), ("detect", clips), ("plan", clips), ("object", objects),
-            ("finish", clips))}
+            ("finish", clips), ("compact", clips), ("export", clips), ("review", 1))}
         # Chains at once: enough to keep every stage's lane busy with different clips.
         self.width = 3 * (clips or recipe.run.workers * recipe.run.threads_per_worker)
         self.watching = progress.current()
@@ -92,14 +54,10 @@ class Lanes:
 
     def take_found(self, run: "ClipRun") -> None:
         """A clip with nothing to do: its answers, as if its chain had run."""
-        run.record = run.found.get("convert")
-        run.detected = run.found.get("detect")
-        run.tracked = run.found.get("track")
-        if self.watching:
-            self.watching.finish("convert", run.uri)
-            for stage, answer in (("detect", run.detected), ("track", run.tracked)):
-                if answer is not None:
-                    self.watching.finish(stage, run.uri)
+        for stage in ("convert", "detect", "track", "compact", "export", "review"):
+            run.set(stage, run.found.get(stage))
+            if self.watching and stage != "review" and run.found.get(stage) is not None:
+                self.watching.finish(stage, run.uri)
 
     def _call(self, lane: str, task, *args):
         """``task(*args)`` as a task run within ``lane``'s limit; its result."""
@@ -113,13 +71,34 @@ class Lanes:
             if slot is not None:
                 slot.release()
 
-    def _started(self, stage: str, run: "ClipRun") -> None:
-        if self.watching:
+    def _step(self, stage: str, run: "ClipRun", task, *args, lane: str | None = None):
+        """One stage of one clip: its found answer, else its task's result, else None with
+        the failure reported."""
+        if self.watching and stage != "review":
             self.watching.add(stage, run.uri)
-
-    def _ended(self, stage: str, run: "ClipRun") -> None:
-        if self.watching:
+        answer = run.found.get(stage)
+        if answer is None:
+            try:
+                answer = self._call(lane or stage, task, *args)
+            except Exception as e:
+                self._failed(run, stage, f"{stage} {run.record['output_uri']}", e)
+                return None
+        if self.watching and stage != "review":
             self.watching.finish(stage, run.uri)
+        return answer
+
+    def _failed(self, run: "ClipRun", stage: str, what: str, e: BaseException) -> None:
+        self.logger.error("%s failed: %s", what, e)
+        entry = {"unit": what, "clip": run.record["output_uri"],
+                 "error": f"{type(e).__name__}: {e}"}
+        if stage in ("detect", "export"):
+            entry.pop("unit")
+        if stage == "review":  # the queue's failure, not the clip's: the run fails, not it
+            entry = {"unit": "review queue", "error": f"{what}: {type(e).__name__}: {e}"}
+        run.failed.setdefault(stage, []).append(entry)
+        return None
+
+    # --- the stages, in the order a clip meets them ---
 
     def convert(self, run: "ClipRun") -> dict[str, Any]:
         job = self.job
@@ -131,33 +110,44 @@ class Lanes:
             except Exception as e:  # the batch goes on: the clip is reported, redone next run
                 self.logger.error("%s failed: %s", run.uri, e)
                 record = failed_record(run.source, e)
-        self._ended("convert", run)
+        if self.watching:
+            self.watching.finish("convert", run.uri)
         return record
 
     def detect(self, run: "ClipRun") -> dict[str, Any] | None:
-        job, record = self.job, run.record
-        self._started("detect", run)
-        summary = run.found.get("detect")
-        if summary is None:
-            try:
-                summary = self._call("detect", units.detect_clip, record, job.out, job.recipe)
-            except Exception as e:  # nothing was recorded, so it is redone next run
-                self.logger.error("detect %s failed: %s", record["output_uri"], e)
-                run.failed["detect"].append({"clip": record["output_uri"],
-                                             "error": f"{type(e).__name__}: {e}"})
-        self._ended("detect", run)
-        return summary
+        return self._step("detect", run, units.detect_clip, run.record, self.job.out,
+                          self.job.recipe)
 
     def track(self, run: "ClipRun") -> dict[str, Any] | None:
         """Plan the clip's objects, track each (its chunks in order inside, each persisted),
         then its tracks table and review; the clip's result, or None if a unit failed."""
-        self._started("track", run)
+        if self.watching:
+            self.watching.add("track", run.uri)
         finished = run.found.get("track")
         if finished is None:
             finished = self._track(run)
-        if finished is not None:
-            self._ended("track", run)
+        if finished is not None and self.watching:
+            self.watching.finish("track", run.uri)
         return finished
+
+    def compact(self, run: "ClipRun") -> dict[str, Any] | None:
+        job = self.job
+        return self._step("compact", run, units.compact_clip, run.record, job.out, job.recipe,
+                          job.track_key, job.max_error_px, job.min_iou)
+
+    def export(self, run: "ClipRun") -> dict[str, Any] | None:
+        """The clip's files in every format that needs only the clip."""
+        job = self.job
+        return self._step("export", run, units.export_clip, run.record, job.out, job.recipe,
+                          job.clip_formats(), run.compacted)
+
+    def review(self, run: "ClipRun") -> dict[str, Any] | None:
+        """The clip's review task(s), enqueued as soon as its files exist."""
+        job = self.job
+        shots = [int(s["first"]) for s in (run.detected or {}).get("shots") or []]
+        return self._step("review", run, units.enqueue_clip_review, job.out, job.recipe,
+                          run.record, run.exported["files"], shots, job.uri,
+                          os.path.abspath(job.config) if job.config else None, job.track_key)
 
     def _track(self, run: "ClipRun") -> dict[str, Any] | None:
         job, record, uri = self.job, run.record, run.record["output_uri"]
@@ -165,7 +155,7 @@ class Lanes:
             plan = self._call("plan", units.plan_clip, record, job.out, job.recipe,
                               job.keyframes, job.track_key)
         except Exception as e:
-            return self._failed(run, f"plan {uri}", e)
+            return self._failed(run, "track", f"plan {uri}", e)
         objects = plan["objects"]
         futures = self._objects(record, objects)
         broken = False
@@ -173,7 +163,7 @@ class Lanes:
             try:
                 future.result()
             except Exception as e:  # the other objects and clips go on
-                self._failed(run, f"track {uri} #{tid}", e)
+                self._failed(run, "track", f"track {uri} #{tid}", e)
                 broken = True
         if broken:
             return None
@@ -183,7 +173,7 @@ class Lanes:
         except ReviewStorageError as e:  # its table is assembled: the machine's tracks stand
             finished = {"tracks": e.tracks, "review": None, "review_error": f"StorageError: {e}"}
         except Exception as e:
-            return self._failed(run, f"assemble {uri}", e)
+            return self._failed(run, "track", f"assemble {uri}", e)
         if finished["review_error"]:  # reported; the clip keeps its machine tracks
             what = f"apply review {uri}"
             self.logger.error("%s failed: %s", what, finished["review_error"])
@@ -204,32 +194,3 @@ class Lanes:
                 future.add_done_callback(lambda _: slot.release())
             futures.append(future)
         return futures
-
-    def _failed(self, run: "ClipRun", what: str, e: BaseException) -> None:
-        self.logger.error("%s failed: %s", what, e)
-        run.failed["track"].append({"unit": what, "clip": run.record["output_uri"],
-                                    "error": f"{type(e).__name__}: {e}"})
-        return None
-
-
-def settle_ledgers(job: "Job", runs: list["ClipRun"], items: list[dict[str, Any]]) -> None:
-    """Keep every done unit's answer for the next run (`tasks.ledger.Ledger.settle`): units
-    found done keep theirs, the others are looked up once more."""
-    recipe = job.recipe
-    ledger = convert_ledger([r.source for r in runs], job.out, recipe, job.mode)
-    calls = [(r.source, job.uri, job.out, recipe, job.mode) for r in runs]
-    ledger.settle([r.found.get("convert") for r in runs],
-                  lambda i: reused_record_uri(*calls[i]))
-    if not job.reaches("detect"):
-        return
-    by_uri = {r.uri: r for r in runs}
-    ready = [rec for rec in items if is_converted(rec)]
-    ledger = detect_ledger(ready, job.out, recipe)
-    ledger.settle([by_uri[rec["source_uri"]].found.get("detect") for rec in ready],
-                  lambda i: detected_before_uri(ready[i], job.out, recipe))
-    if not job.reaches("track"):
-        return
-    ready = [rec for rec in ready if not by_uri[rec["source_uri"]].failed["detect"]]
-    ledger = track_ledger(ready, job.out, recipe, job.track_key)
-    ledger.settle([by_uri[rec["source_uri"]].found.get("track") for rec in ready],
-                  lambda i: tracked_before_uri(ready[i], job.out, recipe, job.track_key))

@@ -27,11 +27,13 @@ from prefect.states import Completed, Failed
 from flows import units
 from flows.artifacts import ProgressArtifact, artifact_key
 from flows.finish import finish_recording
-from flows.lanes import Lanes, look_ahead
+from flows.lanes import Lanes
+from flows.look_ahead import look_ahead
 from flows.runners import flow_runner, one_writer, run_command, scaled_out, stage_limit, \
     stage_runner, submit_bounded
 from tasks import progress
 from tasks.detect import is_converted
+from tasks.export import WHOLE_RUN_FORMATS, parse_formats
 from tasks.ingest import ClipSource
 from tasks.recipe import Recipe, load_recipe
 from tasks.report import (artifact_rows, clip_rows_uri, note_previews_uri, outcome_counts,
@@ -59,6 +61,13 @@ class Job:
     max_error_px: float | None = None  # `compact`'s tolerance, else the recipe's
     min_iou: float | None = None
 
+    def all_formats(self) -> list[str]:
+        return parse_formats(self.formats or self.recipe.export.formats)
+
+    def clip_formats(self) -> list[str]:
+        """The formats a clip's chain writes: those that need only the clip."""
+        return [f for f in self.all_formats() if f not in ("parquet", *WHOLE_RUN_FORMATS)]
+
     def reaches(self, stage: Stage) -> bool:
         """Whether the job runs ``stage`` (ingesting is the first stage in its light mode)."""
         if stage == "convert":
@@ -75,16 +84,31 @@ class ClipRun:
     record: dict[str, Any] | None = None  # convert: the clip's record (its items row)
     detected: dict[str, Any] | None = None  # detect: its summary
     tracked: dict[str, Any] | None = None  # track: {"tracks", "review", "review_error"}
+    compacted: dict[str, Any] | None = None  # compact: where its keyframes are kept
+    exported: dict[str, Any] | None = None  # export: its files (formats that need only it)
+    reviewed: dict[str, Any] | None = None  # review: its tasks in the queue
     failed: dict[str, list[dict[str, str]]] = field(
-        default_factory=lambda: {"detect": [], "track": []})
+        default_factory=lambda: {stage: [] for stage in (*STAGES, "review")})
+
+    _FIELDS = {"convert": "record", "detect": "detected", "track": "tracked",
+               "compact": "compacted", "export": "exported", "review": "reviewed"}
 
     @property
     def uri(self) -> str:
         return self.source.source_uri
 
+    def set(self, stage: str, answer: Any) -> None:
+        setattr(self, self._FIELDS[stage], answer)
+
+    def done(self, stage: str) -> bool:
+        return getattr(self, self._FIELDS[stage]) is not None
+
     def needs_work(self, job: Job) -> bool:
         """Whether any stage the job reaches was not found done (a blocked clip stops)."""
-        for stage in ("convert", "detect", "track"):
+        for stage in ("convert", "detect", "track", "compact", "export", "review"):
+            if stage == "review":
+                return job.reaches("export") and job.recipe.review.enqueue \
+                    and self.found.get(stage) is None
             if not job.reaches(stage):
                 return False
             if self.found.get(stage) is None:
@@ -119,6 +143,14 @@ def clip_chain(job: Job, lanes: Lanes, run: ClipRun) -> None:
     if not job.reaches("track") or run.detected is None:
         return
     run.tracked = lanes.track(run)
+    if not job.reaches("compact") or run.tracked is None:
+        return
+    run.compacted = lanes.compact(run)
+    if not job.reaches("export") or run.compacted is None:
+        return
+    run.exported = lanes.export(run)
+    if job.recipe.review.enqueue and run.exported is not None:
+        run.reviewed = lanes.review(run)
 
 
 # --- the `run` command: every stage, and what people see in the UI ---------------------------

@@ -12,12 +12,12 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.batch import finish_batch, plan_batch
 from tasks.clip import process_clip_uris
-from tasks.compact import compact_uri
+from tasks.compaction import compact_clip_uri, compact_uri, merge_keyframes_uri
 from tasks.detect import detect_clip_uri, write_detections_uri
 from tasks.errors import StorageError
 from tasks.export import export_clip_uri, finish_uri
 from tasks.report import clip_preview_uri
-from tasks.review.handoff import enqueue_reviews
+from tasks.review.handoff import enqueue_clip_reviews, enqueue_reviews
 from tasks.spans import frame_labels_uri
 from tasks.track import finish_clip_uri, plan_clip_uri, run_object_uri, write_tracks_uri
 
@@ -45,8 +45,12 @@ run_object = task(run_object_uri, name="track-object",
 # The clip's tracks table, then its reviewer's corrections (a no-op without a review).
 finish_clip = task(finish_clip_uri, name="clip-tracks",
                    task_run_name="tracks table + review {record[clip_name]}", **_io)
+compact_clip = task(compact_clip_uri, name="compact-clip",
+                    task_run_name="compact {record[clip_name]}", **_io)
 export_clip = task(export_clip_uri, name="export-clip",
                    task_run_name="export {record[clip_name]}", **_io)
+enqueue_clip_review = task(enqueue_clip_reviews, name="enqueue-clip-review",
+                           task_run_name="review task {record[clip_name]}", **_io)
 clip_preview = task(clip_preview_uri, name="clip-previews",
                     task_run_name="previews {row[clip]}", **_io)
 
@@ -55,7 +59,8 @@ list_clips = task(plan_batch, name="list-clips", **_io)
 write_items = task(finish_batch, name="write-items", **_io)
 write_detections = task(write_detections_uri, name="write-detections", **_io)
 write_tracks = task(write_tracks_uri, name="write-tracks", **_io)
-compact_tracks = task(compact_uri, name="compact-keyframes", **_io)
+compact_tracks = task(compact_uri, name="compact-keyframes", **_io)  # a tracks table file
+merge_keyframes = task(merge_keyframes_uri, name="merge-keyframes", **_io)
 spans_to_frames = task(frame_labels_uri, name="spans-to-frame-labels", **_io)
 finish_exports = task(finish_uri, name="export-finish", **_io)
 enqueue_review = task(enqueue_reviews, name="enqueue-review", **_io)

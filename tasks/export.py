@@ -15,23 +15,25 @@ import posixpath
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.compact import KEYFRAMES_FILE
-from tasks.errors import ConfigError
+from tasks.compaction import KEYFRAMES_FILE
+from tasks.errors import ConfigError, PipelineError
 from tasks.exports.base import ClipInfo
 from tasks.keyframes import KEYFRAME_SCHEMA
 from tasks.recipe import EXPORT_FORMATS, Recipe
-from tasks.storage import (Location, list_files, open_location, read_bytes, safe_component,
-                           size_of, write_bytes_atomic)
-from tasks.tables import clip_slices, read_state_json, read_table
+from tasks.storage import (Location, list_files, open_location, safe_component, size_of,
+                           write_bytes_atomic)
+from tasks.tables import read_state_json, read_table
 
 EXPORT_DIR = "exports"
 MODULES = {"json": "tasks.exports.native", "cvat": "tasks.exports.cvat",
            "labelstudio": "tasks.exports.labelstudio", "dataloop": "tasks.exports.dataloop",
            "mot": "tasks.exports.mot"}
+# Formats whose files depend on every clip (MOT numbers classes by the labels of the whole
+# run): written at the recording-level finish, the others as soon as a clip is compacted.
+WHOLE_RUN_FORMATS = ("mot",)
 TABLES = ("items.parquet", "detections.parquet", "tracks.parquet", KEYFRAMES_FILE,
           "spans.parquet", "frame_labels.parquet")
 
@@ -91,49 +93,80 @@ _CLIP_FIELDS = ("recording", "clip_index", "clip_name", "output_uri", "output_by
                 "convert_key")
 
 
-def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> dict[str, Any]:
-    """Write one clip's keyframes in every asked format (not `parquet`: the tables are
-    already written). Returns {format: [file URL, ...]}. A format whose inputs (the clip's
-    keyframes, its WebM, the writer) are unchanged since the last run, and whose files are
-    still there, is not written again."""
-    from tasks.ingest import clip_id_for
-    from tasks.tables import table_digest
+def clip_rows(out: Location, compacted: dict[str, Any] | None) -> pa.Table:
+    """The clip's keyframes, kept by compaction (`tasks.compaction`); none for a clip with no
+    tracks (``compacted`` None)."""
+    from tasks.compaction import CACHE_DIR
+    from tasks.tables import read_state_table
 
-    keyframes = read_table(out, out.path(KEYFRAMES_FILE))
-    if keyframes is None:
-        raise ConfigError(f"no {KEYFRAMES_FILE} in {out.url(out.root)}; run compact first")
-    rows = clip_keyframes(keyframes.cast(KEYFRAME_SCHEMA), record)
-    # One class numbering for every clip's MOT files: the labels of the whole table.
-    all_labels = sorted(set(keyframes["label"].to_pylist()))
-    base = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION)
+    if compacted is None:
+        return KEYFRAME_SCHEMA.empty_table()
+    path = out.path(CACHE_DIR, compacted["keyframes_file"])
+    rows = read_state_table(out, path)
+    if rows is None:
+        raise PipelineError(f"the keyframes of {out.url(path)} are gone or unreadable: "
+                            "run again to compact the clip")
+    return rows.cast(KEYFRAME_SCHEMA)
+
+
+def _base_digest(record: dict[str, Any], compacted: dict[str, Any] | None) -> str:
+    """What a clip's files depend on: its keyframes (named by what they were computed
+    from), the clip, and the writers' version."""
+    import hashlib
+
+    text = json.dumps([compacted["keyframes_file"] if compacted else None,
+                       [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION], default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _summary(record: dict[str, Any], compacted: dict[str, Any] | None, files, written,
+             unchanged) -> dict[str, Any]:
+    return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
+            "tracks": len(compacted["track_ids"]) if compacted else 0,
+            "keyframes": compacted["keyframes"] if compacted else 0,
+            "files": files, "written": written, "unchanged": unchanged}
+
+
+def export_clip(record: dict[str, Any], out: Location, formats: list[str],
+                compacted: dict[str, Any] | None, labels: list[str] | None = None) -> dict[str, Any]:
+    """Write one clip's keyframes (``compacted``: its `tasks.compaction` summary) in every
+    asked format (not `parquet`: the tables are already written). MOT numbers classes by
+    ``labels``, the labels of the whole run. A format whose inputs (the clip's keyframes,
+    its WebM, the writer) are unchanged since the last run, and whose files are still there,
+    is not written again."""
+    from tasks.ingest import clip_id_for
+
+    base = _base_digest(record, compacted)
+    labels = labels or []
     state_path = out.path(EXPORT_STATE_DIR, f"{clip_id_for(record['source_uri'])}.json")
     state = read_state_json(out, state_path)
     state = state if isinstance(state, dict) else {}
-    clip = None
+    clip, rows = None, None
     written: dict[str, list[str]] = {}
     done: dict[str, Any] = {}
     stale = [f for f in formats if f in state and state[f]["digest"] != _format_digest(
-        base, f, all_labels)]
+        base, f, labels)]
     if stale:  # forgotten before their files are replaced (a crash in between: written again)
         state = {f: v for f, v in state.items() if f not in stale}
         write_bytes_atomic(out, state_path, json.dumps(state, sort_keys=True).encode())
     for fmt in formats:
         if fmt == "parquet":
             continue
-        digest = _format_digest(base, fmt, all_labels)
+        digest = _format_digest(base, fmt, labels)
         before = state.get(fmt)
         if before and before["digest"] == digest and all(
                 size_of(out, path) == size for path, size in before["sizes"].items()):
             written[fmt], done[fmt] = before["files"], before
             continue
         clip = clip or clip_info(out, record)
+        rows = rows if rows is not None else clip_rows(out, compacted)
         module = format_module(fmt)
         path = export_path(out, fmt, record, module.EXTENSION)
-        files = {path: module.write(rows, clip, labels=all_labels) if fmt == "mot"
+        files = {path: module.write(rows, clip, labels=labels) if fmt == "mot"
                  else module.write(rows, clip)}
         if fmt == "mot":
             labels_path = posixpath.join(posixpath.dirname(path), module.LABELS_FILE)
-            files[labels_path] = module.write_labels(rows, clip, labels=all_labels)
+            files[labels_path] = module.write_labels(rows, clip, labels=labels)
         for name, data in files.items():
             write_bytes_atomic(out, name, data)
         written[fmt] = [out.url(name) for name in files]
@@ -143,29 +176,23 @@ def export_clip(record: dict[str, Any], out: Location, formats: list[str]) -> di
     if len(unchanged) < len(done):
         # Written after the files, so a crash in between only means writing them again.
         write_bytes_atomic(out, state_path, json.dumps({**state, **done}, sort_keys=True).encode())
-    return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
-            "tracks": len(set(rows["track_id"].to_pylist())), "keyframes": rows.num_rows,
-            "files": written, "written": sorted(set(done) - set(unchanged)),
-            "unchanged": unchanged}
+    return _summary(record, compacted, written, sorted(set(done) - set(unchanged)), unchanged)
 
 
-def exported_before(out: Location, records: list[dict[str, Any]],
-                    formats: list[str]) -> list[dict[str, Any] | None]:
-    """For each clip, what `export_clip` would return when every asked format's files are
-    current (same keyframes, clip and writer; files there with their sizes), else None. One
-    read of the keyframes table and one listing of the exports for all clips, and each
+def exported_before(out: Location, records: list[dict[str, Any]], formats: list[str],
+                    compacted: list[dict[str, Any] | None],
+                    labels: list[str] | None = None) -> list[dict[str, Any] | None]:
+    """For each clip (``compacted``: its compaction summary), what `export_clip` would return
+    when every asked format's files are current (same keyframes, clip and writer; files
+    there with their sizes), else None. One listing of the exports for all clips, and each
     clip's export record read unless the ledger (`tasks.ledger`) has it unchanged, so an
     unchanged batch runs no export task and reads no clip's file."""
     from tasks.ingest import clip_id_for
     from tasks.ledger import Ledger, Unit
-    from tasks.tables import table_digest
 
-    keyframes = read_table(out, out.path(KEYFRAMES_FILE))
-    if keyframes is None or not records:
-        return [None] * len(records)
-    keyframes = keyframes.cast(KEYFRAME_SCHEMA)
-    all_labels = sorted(set(keyframes["label"].to_pylist()))
-    slices = clip_slices(keyframes)
+    if not records:
+        return []
+    labels = labels or []
     wanted = [f for f in formats if f != "parquet"]
     sizes = {path: size for path, (size, _) in list_files(out, out.path(EXPORT_DIR)).items()}
 
@@ -176,24 +203,20 @@ def exported_before(out: Location, records: list[dict[str, Any]],
     states = ledger.look_up(lambda i: read_state_json(out, paths[i]), quiet=False)
     ledger.keep(states)
 
-    def look(record: dict[str, Any], state: Any) -> dict[str, Any] | None:
-        rows = slices.get((record["recording"], int(record["clip_index"])))
-        rows = rows if rows is not None else keyframes.slice(0, 0)
-        base = table_digest(rows, [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION)
+    def look(record: dict[str, Any], kept: dict[str, Any] | None, state: Any):
+        base = _base_digest(record, kept)
         if not isinstance(state, dict):
             return None
         files = {}
         for fmt in wanted:
             before = state.get(fmt)
-            if not (before and before["digest"] == _format_digest(base, fmt, all_labels) and all(
+            if not (before and before["digest"] == _format_digest(base, fmt, labels) and all(
                     sizes.get(path) == size for path, size in before["sizes"].items())):
                 return None
             files[fmt] = before["files"]
-        return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
-                "tracks": len(set(rows["track_id"].to_pylist())), "keyframes": rows.num_rows,
-                "files": files, "written": [], "unchanged": sorted(wanted)}
+        return _summary(record, kept, files, [], sorted(wanted))
 
-    return [look(record, state) for record, state in zip(records, states)]
+    return [look(*args) for args in zip(records, compacted, states)]
 
 
 def _format_digest(base: str, fmt: str, labels: list[str]) -> str:
@@ -233,13 +256,16 @@ def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[s
     return files
 
 
-def export_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe, formats: list[str]):
-    return export_clip(record, open_location(out_uri, recipe.storage), formats)
+def export_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe, formats: list[str],
+                    compacted: dict[str, Any] | None, labels: list[str] | None = None):
+    return export_clip(record, open_location(out_uri, recipe.storage), formats, compacted, labels)
 
 
 def exported_before_uri(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
-                        formats: list[str]) -> list[dict[str, Any] | None]:
-    return exported_before(open_location(out_uri, recipe.storage), records, formats)
+                        formats: list[str], compacted: list[dict[str, Any] | None],
+                        labels: list[str] | None = None) -> list[dict[str, Any] | None]:
+    return exported_before(open_location(out_uri, recipe.storage), records, formats, compacted,
+                           labels)
 
 
 def finish_uri(out_uri: str, recipe: Recipe, formats: list[str], clips: list[dict[str, Any]]):

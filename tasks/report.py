@@ -35,7 +35,7 @@ def _per_clip(table: pa.Table | None, distinct: str | None = None) -> Counter:
 def stage_failures(summary: dict[str, Any]) -> list[dict[str, str]]:
     """Every failed unit of the run, with its stage: those of a clip name its WebM
     (``clip``), the others (the review queue) only a ``unit``."""
-    return [{**f, "stage": stage} for stage in ("detect", "track", "export")
+    return [{**f, "stage": stage} for stage in ("detect", "track", "compact", "export")
             for f in (summary.get(stage) or {}).get("failed", [])]
 
 
@@ -102,7 +102,7 @@ def clip_rows_uri(out_uri: str, recipe, summary: dict[str, Any]) -> list[dict[st
 def clip_preview_uri(row: dict[str, Any], out_uri: str, recipe) -> dict[str, Any]:
     """One done clip's previews written to ``OUT/previews/`` (skipped when what they show is
     unchanged) and the markdown of its artifact: {"files": {...}, "markdown": str}."""
-    from tasks.compact import KEYFRAMES_FILE
+    from tasks.compaction import KEYFRAMES_FILE
     from tasks.export import clip_keyframes
     from tasks.items import read_items
     from tasks.keyframes import KEYFRAME_SCHEMA
@@ -130,7 +130,7 @@ def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> li
     import json
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.compact import KEYFRAMES_FILE
+    from tasks.compaction import KEYFRAMES_FILE
     from tasks.items import read_items
     from tasks.keyframes import KEYFRAME_SCHEMA
     from tasks.previews import _state_path, clip_digest, preview_paths
@@ -191,7 +191,7 @@ def _previews_signature(out: Location, rows: list[dict[str, Any]],
     and shots tables' versions, each clip's WebM identity, and a listing of the previews and
     their state records."""
     from tasks import merged
-    from tasks.compact import KEYFRAMES_FILE
+    from tasks.compaction import KEYFRAMES_FILE
     from tasks.detect import webm_identity
     from tasks.previews import PREVIEW_VERSION
     from tasks.previews import STATE_DIR as PREVIEW_STATE

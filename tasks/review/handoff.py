@@ -165,14 +165,49 @@ def priority(recipe: Recipe, measured: dict[str, float]) -> float:
                  w.breaks * measured.get("breaks_per_min", 0.0), 6)
 
 
+def review_keys(recipe: Recipe, record: dict[str, Any], track_ids: list[int]) -> list[str]:
+    """The keys of the clip's review tasks: one for the clip, or one per track."""
+    if recipe.review.unit == "clip" or not track_ids:
+        return [task_key(record)]
+    return [task_key(record, tid) for tid in sorted(track_ids)]
+
+
+def clip_review_tasks(out: Location, recipe: Recipe, record: dict[str, Any], rows: pa.Table,
+                      shot_starts: frozenset[int], files: dict[str, list[str]], dataset: str,
+                      config: str | None, have: set[str] = frozenset(),
+                      ) -> list[tuple[str, float | None, dict[str, Any]]]:
+    """(key, priority, payload) per review task of one exported clip: its dense ``rows``,
+    the first frames of its shots, its export ``files``. The payload names the WebM, the
+    import-ready annotation files and what a result must be applied with (OUT, dataset,
+    recipe). A key in ``have`` has a task already and is not measured (a rerun adds
+    nothing): its priority is None and its payload only its clip."""
+    where = {"recording": record["recording"], "clip_index": int(record["clip_index"])}
+    track_ids = sorted(set(rows["track_id"].to_pylist())) if rows.num_rows else []
+    made: list[tuple[str, float | None, dict[str, Any]]] = []
+    for key in review_keys(recipe, record, track_ids):
+        if key in have:
+            made.append((key, None, dict(where)))
+            continue
+        tid = int(key.rsplit(":", 1)[1]) if ":track:" in key else None
+        base = {**where, "clip_name": record["clip_name"], "video": record["output_uri"],
+                "source": record["source_uri"],
+                "annotations": {f: files[f][0] for f in recipe.review.formats if files.get(f)},
+                "out": out.url(out.root), "dataset": dataset, "config": config,
+                "track_key": recipe.track_key()}
+        mine = rows if tid is None else rows.filter(pc.equal(rows["track_id"], tid))
+        measured = measures(mine, frames=record.get("output_frames"),
+                            duration_s=record.get("output_duration_s"), shot_starts=shot_starts)
+        made.append((key, priority(recipe, measured),
+                     {**base, "track_ids": None if tid is None else [tid], "measures": measured}))
+    return made
+
+
 def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
                  files: dict[tuple[str, int], dict[str, list[str]]], dataset: str,
                  config: str | None, known: Callable[[list[str]], set[str]] = lambda keys: set(),
                  ) -> list[tuple[str, float | None, dict[str, Any]]]:
-    """(key, priority, payload) per clip (or per track) of the exported clips. The payload
-    names the WebM, the import-ready annotation files and what a result must be applied with
-    (OUT, dataset, recipe). A key that ``known`` says has a task already is not measured (a
-    rerun adds nothing): its priority is None and its payload only its clip."""
+    """`clip_review_tasks` of every exported clip in ``records``, from the merged tracks and
+    shots tables (one `known` query for all of them)."""
     from tasks.shots import SHOTS_FILE
     from tasks.tables import clip_slices, read_table
     from tasks.track import TRACKS_FILE
@@ -182,37 +217,16 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
     track_rows = clip_slices(tracks, views=True) if tracks is not None else {}
     shot_rows = clip_slices(shots, views=True) if shots is not None else {}
     no_rows = tracks.slice(0, 0) if tracks is not None else pa.table({})
-    units = []  # (key, record, where, rows, track id or None for the whole clip)
+    clips = []
     for record in records:
         where = (record["recording"], int(record["clip_index"]))
-        if where not in files:
-            continue
-        rows = track_rows.get(where, no_rows)
-        if recipe.review.unit == "clip" or rows.num_rows == 0:
-            units.append((task_key(record), record, where, rows, None))
-            continue
-        for tid in sorted(set(rows["track_id"].to_pylist())):
-            units.append((task_key(record, tid), record, where, rows, tid))
-    have = known([unit[0] for unit in units])
-    made: list[tuple[str, float | None, dict[str, Any]]] = []
-    for key, record, where, rows, tid in units:
-        if key in have:
-            made.append((key, None, {"recording": where[0], "clip_index": where[1]}))
-            continue
-        base = {"recording": where[0], "clip_index": where[1], "clip_name": record["clip_name"],
-                "video": record["output_uri"], "source": record["source_uri"],
-                "annotations": {f: files[where][f][0] for f in recipe.review.formats
-                                if files[where].get(f)},
-                "out": out.url(out.root), "dataset": dataset, "config": config,
-                "track_key": recipe.track_key()}
-        shape = {"frames": record.get("output_frames"),
-                 "duration_s": record.get("output_duration_s"),
-                 "shot_starts": _shot_starts(shot_rows.get(where))}
-        mine = rows if tid is None else rows.filter(pc.equal(rows["track_id"], tid))
-        measured = measures(mine, **shape)
-        made.append((key, priority(recipe, measured),
-                     {**base, "track_ids": None if tid is None else [tid], "measures": measured}))
-    return made
+        if where in files:
+            clips.append((record, where, track_rows.get(where, no_rows)))
+    have = known([key for record, _, rows in clips for key in review_keys(
+        recipe, record, sorted(set(rows["track_id"].to_pylist())) if rows.num_rows else [])])
+    return [task for record, where, rows in clips for task in clip_review_tasks(
+        out, recipe, record, rows, _shot_starts(shot_rows.get(where)), files[where], dataset,
+        config, have)]
 
 
 def _shot_starts(mine: pa.Table | None) -> frozenset[int]:
@@ -220,19 +234,15 @@ def _shot_starts(mine: pa.Table | None) -> frozenset[int]:
     return frozenset(mine["first_frame"].to_pylist()) if mine is not None else frozenset()
 
 
-def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
-                    clips: list[dict[str, Any]], dataset: str, config: str | None,
-                    url: str | None = None) -> dict[str, Any]:
-    """Enqueue the review tasks of the exported ``clips`` (export summaries). A rerun adds
-    nothing: tasks are keyed by clip (or track)."""
+def _enqueue(out_uri: str, recipe: Recipe, url: str | None, make) -> dict[str, Any]:
+    """Tasks from ``make(queue.known)``, enqueued; what was made and how many are new."""
     out = open_location(out_uri, recipe.storage)
     if not (url or recipe.review.db) and not out.is_local:
         return {"queue": None, "tasks": 0, "new": 0, "unit": recipe.review.unit,
                 "skipped": NO_QUEUE_IN_BUCKET}
-    files = {(c["recording"], int(c["clip_index"])): c["files"] for c in clips}
     queue = open_queue(recipe, out_uri, url)
     try:
-        made = review_tasks(out, recipe, records, files, dataset, config, queue.known)
+        made = make(out, queue.known)
         before = queue.stats()["total"]
         queue.enqueue_many([task for task in made if task[1] is not None])
         after = queue.stats()["total"]
@@ -245,6 +255,35 @@ def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
     return {"queue": queue_url(recipe, out_uri, url), "tasks": len(made), "new": after - before,
             "unit": recipe.review.unit,
             "per_clip": [[rec, index, n] for (rec, index), n in sorted(per_clip.items())]}
+
+
+def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
+                    clips: list[dict[str, Any]], dataset: str, config: str | None,
+                    url: str | None = None) -> dict[str, Any]:
+    """Enqueue the review tasks of the exported ``clips`` (export summaries). A rerun adds
+    nothing: tasks are keyed by clip (or track)."""
+    files = {(c["recording"], int(c["clip_index"])): c["files"] for c in clips}
+    return _enqueue(out_uri, recipe, url, lambda out, known: review_tasks(
+        out, recipe, records, files, dataset, config, known))
+
+
+def enqueue_clip_reviews(out_uri: str, recipe: Recipe, record: dict[str, Any],
+                         files: dict[str, list[str]], shot_starts: list[int], dataset: str,
+                         config: str | None, track_key: str) -> dict[str, Any]:
+    """Enqueue one clip's review tasks as soon as it is exported (``files``), measured on
+    its tracks (with its review applied) and shots. A rerun adds nothing."""
+    from tasks.tables import with_attributes
+    from tasks.track import clip_tracks
+
+    def make(out: Location, known) -> list:
+        rows = clip_tracks(out, record, track_key)
+        rows = with_attributes(rows) if rows is not None else pa.table({
+            "track_id": pa.array([], pa.int64())})
+        keys = review_keys(recipe, record, sorted(set(rows["track_id"].to_pylist())))
+        return clip_review_tasks(out, recipe, record, rows, frozenset(shot_starts), files,
+                                 dataset, config, known(keys))
+
+    return _enqueue(out_uri, recipe, None, make)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -271,7 +310,7 @@ def _labels(out: Location, recipe: Recipe, baseline: pa.Table) -> set[str] | Non
 
 
 def current_keyframes(out: Location, record: dict[str, Any]) -> pa.Table:
-    from tasks.compact import KEYFRAMES_FILE
+    from tasks.compaction import KEYFRAMES_FILE
     from tasks.export import clip_keyframes
     from tasks.keyframes import KEYFRAME_SCHEMA
     from tasks.tables import read_table

@@ -114,11 +114,12 @@ def test_rerun_does_no_work_twice_and_a_changed_recipe_redoes_only_what_it_affec
     exported = {p: p.stat().st_mtime_ns for p in (out / "exports").rglob("*") if p.is_file()}
 
     # The stages' ledgers answer for every unchanged clip: no clip's state is read.
-    import flows.lanes
+    import flows.look_ahead
 
     looked: list[str] = []
-    for name in ("reused_record_uri", "detected_before_uri", "tracked_before_uri"):
-        module = flows.lanes
+    for name in ("reused_record_uri", "detected_before_uri", "tracked_before_uri",
+                 "compacted_before_uri"):
+        module = flows.look_ahead
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name: (
             looked.append(_name), _real(*a))[1])
@@ -133,7 +134,8 @@ def test_rerun_does_no_work_twice_and_a_changed_recipe_redoes_only_what_it_affec
     with get_client(sync_client=True) as client:
         ran = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    per_unit = ("convert ", "detect ", "plan ", "track ", "tracks table", "export ", "previews ")
+    per_unit = ("convert ", "detect ", "plan ", "track ", "tracks table", "compact ", "export ",
+                "review task ", "previews ")
     names = [r.name for r in ran]
     assert names and not [n for n in names if n.startswith(per_unit)], names
     assert again["previews_unchanged"] == 2 and again["previews"] == {}

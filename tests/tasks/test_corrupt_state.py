@@ -14,7 +14,7 @@ import yaml
 
 from configs import recipe_path
 from tasks.batch import run_batch
-from tasks.compact import CACHE_DIR, compact_uri
+from tasks.compaction import CACHE_DIR, compact_uri
 from tasks.detect import detect_clip, state_paths
 from tasks.errors import PipelineError
 from tasks.items import read_items
