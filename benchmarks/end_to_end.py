@@ -1,7 +1,7 @@
 """End to end: the whole pipeline as one Prefect flow against the sum of its stages run alone,
 and the Dask runner against the default one.
 
-Input: the bundled sample videos (`tasks.samples`), each its own recording, with the demo
+Input: the bundled sample videos (`tasks.media.samples`), each its own recording, with the demo
 recipe (`configs/demo.yaml`: HOG people detector at 640 px, CSRT tracker, every export
 format, review enqueue).
 
@@ -57,7 +57,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 import yaml  # noqa: E402
 
 from configs import recipe_path  # noqa: E402
-from tasks.samples import sample_dir  # noqa: E402
+from tasks.media.samples import sample_dir  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "end_to_end"
 
@@ -103,15 +103,16 @@ def flow_run(dataset: str, out: Path, config: Path) -> None:
 
 def stages_alone(dataset: str, out_dir: Path, config: Path) -> tuple[float, dict[str, float]]:
     """The pipeline's work as plain calls, one stage after another; per-stage seconds."""
-    from tasks.batch import run_batch
-    from tasks.compaction import compact_clip, merge_keyframes
-    from tasks.detect import converted_records, detect_clip, is_converted, write_detections
-    from tasks.export import export_clip, finish, parse_formats
+    from tasks.convert.batch import run_batch
+    from tasks.compact.stage import compact_clip, merge_keyframes
+    from tasks.detect.stage import converted_records, detect_clip, write_detections
+    from tasks.store.items import is_converted
+    from tasks.export.stage import export_clip, finish, parse_formats
     from tasks.recipe import load_recipe
-    from tasks.report import clip_preview_uri, clip_rows
+    from tasks.report.rows import clip_preview_uri, clip_rows
     from tasks.review.handoff import enqueue_reviews
-    from tasks.storage import open_location
-    from tasks.track import assemble_clip, plan_clip, run_object, track_key, write_tracks
+    from tasks.store.storage import open_location
+    from tasks.track.stage import assemble_clip, plan_clip, run_object, track_key, write_tracks
 
     shutil.rmtree(out_dir, ignore_errors=True)
     recipe = load_recipe(str(config))

@@ -2,7 +2,7 @@
 of many clips: what a reviewer waits before work arrives.
 
 Input: one recording of ``--clips`` clips (default 12) made from the bundled samples
-(`tasks.samples`), copied in turn as ``rec/clip-00.mp4``, ``rec/clip-01.mp4``, ... with the
+(`tasks.media.samples`), copied in turn as ``rec/clip-00.mp4``, ``rec/clip-01.mp4``, ... with the
 demo recipe (`configs/demo.yaml`: HOG people detector, CSRT tracker, every export format,
 review enqueue into ``OUT/review.db``) and the recipe's default parallelism.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.samples import sample_dir  # noqa: E402
+from tasks.media.samples import sample_dir  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "first_review"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import av
 
-from tasks.samples import sample_dir
+from tasks.media.samples import sample_dir
 
 
 def loop_clip(source: Path, target: Path, loops: int) -> Path:

@@ -29,10 +29,10 @@ def convert_in_child(clip_dir: Path) -> dict:
     code = f"""
 import json, resource, sys, tempfile, time
 sys.path.insert(0, {str(ROOT)!r})
-from tasks.clip import process_clip
-from tasks.ingest import plan_clips
+from tasks.convert.clip import process_clip
+from tasks.convert.listing import plan_clips
 from tasks.recipe import parse_recipe
-from tasks.storage import open_location
+from tasks.store.storage import open_location
 recipe = parse_recipe({{}})
 src = open_location({str(clip_dir)!r})
 with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ Sequences:
 Two kinds of runs:
 - association only: detector-like input made from the ground truth (20% of people missed,
   fewer found when partly hidden, boxes jittered by 4% of their size, 0.2 false boxes per
-  frame; one input per seed), given alike to our association (`tasks.associate`: shot cuts
+  frame; one input per seed), given alike to our association (`tasks.track.associate`: shot cuts
   and camera motion measured on the decoded video, as the pipeline does) and to theirs.
   ``ours + gaps`` also fills gaps of up to 60 frames by interpolation, as the pipeline does
   without a tracker (offline, we know where the object is found again);
@@ -42,11 +42,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks.associate import associate  # noqa: E402
-from tasks.motion import CameraMotion  # noqa: E402
+from tasks.track.associate import associate  # noqa: E402
+from tasks.media.motion import CameraMotion  # noqa: E402
 from tasks.recipe import AssociateConfig, ShotsConfig  # noqa: E402
-from tasks.shots import ANALYSIS_SIDE, CutFinder, cuts_of  # noqa: E402
-from tasks.geometry import fit_within  # noqa: E402
+from tasks.detect.shots import ANALYSIS_SIDE, CutFinder, cuts_of  # noqa: E402
+from tasks.convert.geometry import fit_within  # noqa: E402
 from tests.mot_scenes import render  # noqa: E402
 from tests.mot_score import RowsTruth, load_mot_gt, noisy_detections, write_mot  # noqa: E402
 
@@ -139,12 +139,12 @@ def _pipeline(name: str, video: Path) -> Path:
     import pyarrow.parquet as pq
 
     from configs import recipe_path
-    from tasks.batch import run_batch
-    from tasks.detect import detect_clip
-    from tasks.items import read_items
+    from tasks.convert.batch import run_batch
+    from tasks.detect.stage import detect_clip
+    from tasks.store.items import read_items
     from tasks.recipe import load_recipe
-    from tasks.storage import open_location
-    from tasks.track import assemble_clip, clip_dir, plan_clip, run_object, track_key
+    from tasks.store.storage import open_location
+    from tasks.track.stage import assemble_clip, clip_dir, plan_clip, run_object, track_key
 
     out_dir = WORK / "pipeline" / name
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -208,7 +208,7 @@ def _main(argv: list[str] | None) -> int:
 
         return review.main(args)
     from tasks.errors import ConfigError, PipelineError
-    from tasks.storage import redact
+    from tasks.store.storage import redact
 
     try:
         uri, config = _resolve(args)
@@ -226,7 +226,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"preannotate: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     _report(summary, args.json)
-    from tasks.report import stage_failures
+    from tasks.report.rows import stage_failures
 
     convert = summary.get("convert", summary if "counts" in summary else None)
     if (stage_failures(summary) or (summary.get("outcomes") or {}).get("failed")
@@ -241,7 +241,7 @@ def _check_input(command: str, uri: str, config: str | None) -> None:
     if command in ("serve", "snapshot") or uri.rstrip("/").lower().endswith((".parquet", ".pq")):
         return
     from tasks.recipe import load_recipe
-    from tasks.storage import open_location, require_input
+    from tasks.store.storage import open_location, require_input
 
     recipe = load_recipe(config)
     require_input(open_location(uri, recipe.storage))
@@ -284,10 +284,10 @@ def _run(args, uri: str, config: str | None) -> dict:
 def _snapshot(args, uri: str, config: str | None) -> dict:
     """Plain code, no Prefect run: a still is an interactive request (a flow's server start
     would cost more than the work). Converts first only when OUT has no items table."""
-    from tasks.items import ITEMS_FILE
+    from tasks.store.items import ITEMS_FILE
     from tasks.recipe import load_recipe
-    from tasks.snapshot import snapshot_uri
-    from tasks.storage import open_location
+    from tasks.media.snapshot import snapshot_uri
+    from tasks.store.storage import open_location
 
     recipe = load_recipe(config)
     out = open_location(args.out, recipe.storage)
@@ -302,7 +302,7 @@ def _resolve(args) -> tuple[str, str | None]:
     if args.command != "demo":
         return args.uri, args.config
     from configs import recipe_path
-    from tasks.samples import sample_dir
+    from tasks.media.samples import sample_dir
 
     return str(sample_dir()), args.config or str(recipe_path("demo"))
 
@@ -324,14 +324,14 @@ def _report(summary: dict, as_json: bool) -> None:
         return
     convert = summary.get("convert", summary)
     counts = convert["counts"]
-    from tasks.batch import STATUSES
+    from tasks.convert.batch import STATUSES
 
     parts = [f"{counts[s]} {s}" for s in STATUSES if counts.get(s)]
     print(f"{convert['total']} clip(s): {', '.join(parts) or 'nothing to do'}")
     for reason, n in sorted(convert["reasons"].items()):
         status, reason = reason.split(":", 1) if ":" in reason else ("blocked", reason)
         print(f"  {status} {n} x {reason}")
-    from tasks.batch import ignored_lines
+    from tasks.convert.batch import ignored_lines
 
     for line in ignored_lines(convert.get("ignored") or {}, convert["items_uri"]):
         print(line)
@@ -367,7 +367,7 @@ def _report(summary: dict, as_json: bool) -> None:
         for f in (summary.get(stage) or {}).get("failed", []):
             print(f"  {stage} failed: {f.get('unit') or f.get('clip')}: {f['error']}")
     if "outputs" in summary:  # `run`: what happened and where everything is
-        from tasks.report import outcome_line
+        from tasks.report.rows import outcome_line
 
         print(f"run {summary['state'].lower()}: {outcome_line(summary['outcomes'])}")
         for row in summary["clips"]:

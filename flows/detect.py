@@ -12,7 +12,7 @@ from prefect import flow
 
 from flows.run import Job, pipeline
 from flows.runners import one_writer, run_command
-from tasks.detect import make_detector
+from tasks.detect.stage import make_detector
 from tasks.recipe import load_recipe
 
 

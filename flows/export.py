@@ -15,8 +15,9 @@ from flows.finish import export_all
 from flows.run import Job, pipeline
 from flows.runners import one_writer, run_command
 from flows.track import check_before_start, track_job
-from tasks.detect import converted_records, is_converted
-from tasks.export import parse_formats
+from tasks.detect.stage import converted_records
+from tasks.store.items import is_converted
+from tasks.export.stage import parse_formats
 from tasks.recipe import load_recipe
 
 
@@ -56,7 +57,7 @@ def check_export_args(recipe, uri: str, out: str, spans: str | None) -> None:
     check_queue(recipe, out)  # a queue that cannot work fails before any work
     if spans:
         from tasks.labels import load_label_tree
-        from tasks.spans import load_spans
+        from tasks.annotations.spans import load_spans
 
         load_spans(spans, load_label_tree(recipe.labels.file) if recipe.labels.file else None)
 

@@ -17,8 +17,9 @@ from prefect.utilities.annotations import quote
 from flows import units
 from flows.runners import stage_limit, submit_unless_found
 from tasks import progress
-from tasks.detect import converted_records, is_converted
-from tasks.export import exported_before_uri
+from tasks.detect.stage import converted_records
+from tasks.store.items import is_converted
+from tasks.export.stage import exported_before_uri
 
 if TYPE_CHECKING:
     from flows.run import ClipRun, Job

@@ -19,7 +19,7 @@ from prefect import get_run_logger
 from flows import units
 from flows.runners import stage_limit
 from tasks import progress
-from tasks.batch import failed_record
+from tasks.convert.batch import failed_record
 from tasks.errors import ReviewStorageError
 
 if TYPE_CHECKING:

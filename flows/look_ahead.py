@@ -1,6 +1,6 @@
 """The DAG's look-ahead (`flows.run`): before any task runs, every stage's answers for the
 clips whose earlier stages are found done, in bulk. Ledgers answer unchanged clips without a
-read (`tasks.ledger`); the others cost one state read each. A clip whose every stage is
+read (`tasks.store.ledger`); the others cost one state read each. A clip whose every stage is
 answered runs no task at all. After the run, the ledgers keep every done unit's answer.
 """
 
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tasks.clip import convert_ledger, reused_record_uri
-from tasks.compaction import compact_ledger_uri, compacted_before_uri
-from tasks.detect import detect_ledger, detected_before_uri, is_converted
-from tasks.export import exported_before_uri
-from tasks.ledger import fill_missing
-from tasks.track import track_ledger, tracked_before_uri
+from tasks.convert.clip import convert_ledger, reused_record_uri
+from tasks.compact.stage import compact_ledger_uri, compacted_before_uri
+from tasks.detect.stage import detect_ledger, detected_before_uri
+from tasks.store.items import is_converted
+from tasks.export.stage import exported_before_uri
+from tasks.store.ledger import fill_missing
+from tasks.track.stage import track_ledger, tracked_before_uri
 
 if TYPE_CHECKING:
     from flows.run import ClipRun, Job
@@ -61,7 +62,7 @@ def _put(runs: list["ClipRun"], stage: str, found: list) -> None:
 def _reviews_known(job: "Job", runs: list["ClipRun"]) -> list[dict[str, Any] | None]:
     """Each clip's review answer when all its tasks are in the queue (one query for all)."""
     from tasks.review.handoff import NO_QUEUE_IN_BUCKET, open_queue, review_keys
-    from tasks.storage import open_location
+    from tasks.store.storage import open_location
 
     if not runs:
         return []
@@ -82,7 +83,7 @@ def _reviews_known(job: "Job", runs: list["ClipRun"]) -> list[dict[str, Any] | N
 
 
 def settle_ledgers(job: "Job", runs: list["ClipRun"], items: list[dict[str, Any]]) -> None:
-    """Keep every done unit's answer for the next run (`tasks.ledger.Ledger.settle`): units
+    """Keep every done unit's answer for the next run (`tasks.store.ledger.Ledger.settle`): units
     found done keep theirs, the others are looked up once more."""
     recipe, out = job.recipe, job.out
     calls = [(r.source, job.uri, out, recipe, job.mode) for r in runs]

@@ -132,8 +132,8 @@ def apply_reviews(dataset: str, out: str, config: str | None) -> dict[str, Any]:
     from flows.export import run_export
     from tasks.errors import ConfigError
     from tasks.recipe import load_recipe
-    from tasks.review.corrections import review_lock
-    from tasks.storage import open_location
+    from tasks.track.corrections import review_lock
+    from tasks.store.storage import open_location
 
     if is_table(dataset):
         raise ConfigError(f"the task's outputs were exported from a tracks table ({dataset}); "
@@ -150,7 +150,7 @@ def apply_reviews(dataset: str, out: str, config: str | None) -> dict[str, Any]:
 def run(args) -> tuple[int, Any]:
     """Do one review action; returns (exit code, JSON-able result)."""
     from tasks.review.handoff import open_queue, rebuild_reviews, submit_result
-    from tasks.review.limits import check_size
+    from tasks.formats.limits import check_size
 
     recipe, _ = _recipe_for(args)
     queue = open_queue(recipe, args.out or ".", args.db)
@@ -203,7 +203,7 @@ def main(args) -> int:
     from tasks.errors import ConfigError, PipelineError
     from tasks.errors import FormatError
     from tasks.errors import LeaseLost
-    from tasks.storage import redact
+    from tasks.store.storage import redact
 
     try:
         code, result = run(args)

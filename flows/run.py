@@ -11,7 +11,7 @@ Clip k is detected while clip k+1 converts: each stage has its own limit (clips 
 stage, objects at once for tracking) on the thread runner, the cluster's size on Dask or Ray.
 The stage commands (`convert`, `detect`, `track`, `compact`, `export`) are this DAG stopped
 early (``Job.until``). Before any task runs, every stage's answers for unchanged clips come in
-bulk from its ledger (`tasks.ledger`): a clip with nothing to do runs no task, and chains
+bulk from its ledger (`tasks.store.ledger`): a clip with nothing to do runs no task, and chains
 start only for clips with work left.
 """
 
@@ -32,11 +32,11 @@ from flows.look_ahead import look_ahead
 from flows.runners import flow_runner, one_writer, run_command, scaled_out, stage_limit, \
     stage_runner, submit_bounded
 from tasks import progress
-from tasks.detect import is_converted
-from tasks.export import WHOLE_RUN_FORMATS, parse_formats
-from tasks.ingest import ClipSource
+from tasks.store.items import is_converted
+from tasks.export.stage import WHOLE_RUN_FORMATS, parse_formats
+from tasks.convert.listing import ClipSource
 from tasks.recipe import Recipe, load_recipe
-from tasks.report import (artifact_rows, clip_rows_uri, note_previews_uri, outcome_counts,
+from tasks.report.rows import (artifact_rows, clip_rows_uri, note_previews_uri, outcome_counts,
                           outcome_line, previews_current_uri, stage_failures)
 
 STAGES = progress.STAGES  # convert, detect, track, compact, export
@@ -175,7 +175,7 @@ def pipeline_flow(uri: str, out: str, config: str | None = None) -> dict[str, An
 
 
 def whole_job(uri: str, out: str, config: str | None) -> Job:
-    from tasks.track import track_key
+    from tasks.track.stage import track_key
 
     recipe = load_recipe(config)
     return Job(uri, out, recipe, config=config, track_key=track_key(recipe, None))

@@ -389,13 +389,13 @@ def _ray_address(ray, address: str | None) -> str:
 
 @contextmanager
 def one_writer(out: str, recipe: Recipe, what: str) -> Iterator[None]:
-    """The body as OUT's one writer (`tasks.lock.WriterLock`): a second run on the same OUT is
+    """The body as OUT's one writer (`tasks.store.lock.WriterLock`): a second run on the same OUT is
     refused with a message naming the first."""
     from prefect.exceptions import TerminationSignal
 
     from tasks import progress
-    from tasks.lock import WriterLock
-    from tasks.storage import open_location
+    from tasks.store.lock import WriterLock
+    from tasks.store.storage import open_location
 
     progress.request_stop(False)
     with WriterLock(open_location(out, recipe.storage), what):

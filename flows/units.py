@@ -10,16 +10,16 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.batch import finish_batch, plan_batch
-from tasks.clip import process_clip_uris
-from tasks.compaction import compact_clip_uri, compact_uri, merge_keyframes_uri
-from tasks.detect import detect_clip_uri, write_detections_uri
+from tasks.convert.batch import finish_batch, plan_batch
+from tasks.convert.clip import process_clip_uris
+from tasks.compact.stage import compact_clip_uri, compact_uri, merge_keyframes_uri
+from tasks.detect.stage import detect_clip_uri, write_detections_uri
 from tasks.errors import StorageError
-from tasks.export import export_clip_uri, finish_uri
-from tasks.report import clip_preview_uri
+from tasks.export.stage import export_clip_uri, finish_uri
+from tasks.report.rows import clip_preview_uri
 from tasks.review.handoff import enqueue_clip_reviews, enqueue_reviews
-from tasks.spans import frame_labels_uri
-from tasks.track import finish_clip_uri, plan_clip_uri, run_object_uri, write_tracks_uri
+from tasks.annotations.spans import frame_labels_uri
+from tasks.track.stage import finish_clip_uri, plan_clip_uri, run_object_uri, write_tracks_uri
 
 
 def _storage_failure(task, task_run, state) -> bool:

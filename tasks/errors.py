@@ -64,8 +64,8 @@ class Blocked(PipelineError):
 
 
 class BlockedWithProbe(Blocked):
-    """`Blocked` after the header was read: carries the probe (`tasks.probe.StreamProbe`) and
-    the partial `tasks.convert.TranscodeResult`, so the row still shows them."""
+    """`Blocked` after the header was read: carries the probe (`tasks.media.probe.StreamProbe`) and
+    the partial `tasks.convert.transcode.TranscodeResult`, so the row still shows them."""
 
     def __init__(self, blocked: Blocked, probe: Any, result: Any):
         super().__init__(blocked.reason, blocked.detail)

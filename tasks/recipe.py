@@ -153,7 +153,7 @@ class LabelsConfig(_Section):
 class AssociateConfig(_Section):
     """Kalman-filter linking of per-frame detections into tracks (ByteTrack's two score
     stages, OC-SORT's observation-centric momentum, recovery and re-update, BoT-SORT's box
-    state and camera-motion compensation): see tasks/associate.py."""
+    state and camera-motion compensation): see tasks/track/associate.py."""
 
     high_score: float = Field(0.5, ge=0, le=1, description="detections that start and match tracks")
     low_score: float = Field(0.1, ge=0, le=1, description="weaker detections only extend tracks")

@@ -28,7 +28,7 @@ def prefect_harness():
 
 @pytest.fixture(scope="session")
 def samples() -> dict[str, Path]:
-    from tasks.samples import sample_videos
+    from tasks.media.samples import sample_videos
 
     return {p.stem: p for p in sample_videos()}
 

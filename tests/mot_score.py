@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tasks.boxmath import iou_matrix
+from tasks.annotations.boxmath import iou_matrix
 
 np.asfarray = getattr(np, "asfarray", lambda a, dtype=float: np.asarray(a, dtype=dtype))  # motmetrics on numpy 2
 

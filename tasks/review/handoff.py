@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 
 from tasks.errors import ConfigError, FormatError
 from tasks.recipe import Recipe
-from tasks.review.corrections import (Review, diff_review, human_frames, read_reviewed,
+from tasks.track.corrections import (Review, diff_review, human_frames, read_reviewed,
                                      replay_review, save_review)
-from tasks.storage import Location, open_location
+from tasks.store.storage import Location, open_location
 
 QUEUE_FILE = "review.db"
 
@@ -208,9 +208,9 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
                  ) -> list[tuple[str, float | None, dict[str, Any]]]:
     """`clip_review_tasks` of every exported clip in ``records``, from the merged tracks and
     shots tables (one `known` query for all of them)."""
-    from tasks.shots import SHOTS_FILE
-    from tasks.tables import clip_slices, read_table
-    from tasks.track import TRACKS_FILE
+    from tasks.detect.shots import SHOTS_FILE
+    from tasks.store.tables import clip_slices, read_table
+    from tasks.track.stage import TRACKS_FILE
 
     tracks = read_table(out, out.path(TRACKS_FILE))
     shots = read_table(out, out.path(SHOTS_FILE))
@@ -272,8 +272,8 @@ def enqueue_clip_reviews(out_uri: str, recipe: Recipe, record: dict[str, Any],
                          config: str | None, track_key: str) -> dict[str, Any]:
     """Enqueue one clip's review tasks as soon as it is exported (``files``), measured on
     its tracks (with its review applied) and shots. A rerun adds nothing."""
-    from tasks.tables import with_attributes
-    from tasks.track import clip_tracks
+    from tasks.store.tables import with_attributes
+    from tasks.track.stage import clip_tracks
 
     def make(out: Location, known) -> list:
         rows = clip_tracks(out, record, track_key)
@@ -290,7 +290,7 @@ def enqueue_clip_reviews(out_uri: str, recipe: Recipe, record: dict[str, Any],
 
 
 def _record_of(out: Location, recording: str, clip_index: int) -> dict[str, Any]:
-    from tasks.items import read_items
+    from tasks.store.items import read_items
 
     items = read_items(out)
     if items is not None:
@@ -310,10 +310,10 @@ def _labels(out: Location, recipe: Recipe, baseline: pa.Table) -> set[str] | Non
 
 
 def current_keyframes(out: Location, record: dict[str, Any]) -> pa.Table:
-    from tasks.compaction import KEYFRAMES_FILE
-    from tasks.export import clip_keyframes
-    from tasks.keyframes import KEYFRAME_SCHEMA
-    from tasks.tables import read_table
+    from tasks.compact.stage import KEYFRAMES_FILE
+    from tasks.export.stage import clip_keyframes
+    from tasks.annotations.keyframes import KEYFRAME_SCHEMA
+    from tasks.store.tables import read_table
 
     keyframes = read_table(out, out.path(KEYFRAMES_FILE))
     if keyframes is None:
@@ -324,14 +324,14 @@ def current_keyframes(out: Location, record: dict[str, Any]) -> pa.Table:
 def validate_result(payload: dict[str, Any], data: bytes, fmt: str, recipe: Recipe) -> Review:
     """The result read, checked against its clip and compared with what the reviewer was
     given; `FormatError` naming what is wrong (nothing is written)."""
-    from tasks.export import clip_info
+    from tasks.export.stage import clip_info
 
     out = open_location(payload["out"], recipe.storage)
     record = _record_of(out, payload["recording"], int(payload["clip_index"]))
     baseline = current_keyframes(out, record)
     # Tracks a tool added get ids above every id the clip has had, so none takes the id of
     # a track the reviewer deleted.
-    from tasks.review.corrections import load_review
+    from tasks.track.corrections import load_review
 
     stored = load_review(out, record)
     ids = baseline["track_id"].to_pylist() + (stored.keyframes["track_id"].to_pylist() if stored else [])
@@ -384,7 +384,7 @@ def rebuild_reviews(queue, recipe: Recipe, out_uri: str | None = None) -> dict[s
             continue
         out = open_location(task.payload["out"], recipe.storage)
         record = _record_of(out, task.payload["recording"], int(task.payload["clip_index"]))
-        from tasks.export import clip_info
+        from tasks.export.stage import clip_info
 
         reviewed = read_reviewed(result["data"].encode("utf-8"), result["format"],
                                  clip_info(out, record))

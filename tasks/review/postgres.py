@@ -19,7 +19,7 @@ from datetime import UTC
 from typing import Any
 
 from tasks.errors import QueueError
-from tasks.review.queue import EXPIRED_REASON, State, Task, lease_lost
+from tasks.review.contract import EXPIRED_REASON, State, Task, lease_lost
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_tasks (

@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from tasks.review.queue import EXPIRED_REASON, State, Task, lease_lost, utc
+from tasks.review.contract import EXPIRED_REASON, State, Task, lease_lost, utc
 from tasks.errors import QueueError
 
 BUSY_TIMEOUT_MS = 60_000

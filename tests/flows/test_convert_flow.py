@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.items import TIMING_COLUMNS
+from tasks.store.items import TIMING_COLUMNS
 from tests import synth
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from flows.cli import EXIT_OK, EXIT_USAGE, main
-from tasks.export import MODULES, clip_info, format_module
-from tasks.keyframes import check_keyframes, compare_states, expand, normalise_dense
-from tasks.storage import open_location
+from tasks.export.stage import clip_info
+from tasks.formats import REGISTRY, format_module
+from tasks.annotations.keyframes import check_keyframes, compare_states, expand, normalise_dense
+from tasks.store.storage import open_location
 
 
 def test_export_command_on_street_sample(prefect_harness, samples, tmp_path, capsys):
@@ -44,7 +45,7 @@ def test_export_command_on_street_sample(prefect_harness, samples, tmp_path, cap
 
     (item,) = pq.read_table(out / "items.parquet").to_pylist()
     clip = clip_info(open_location(str(out)), item)
-    for name in MODULES:
+    for name in REGISTRY:
         module = format_module(name)
         if name == "mot":
             gt = out / "exports" / "mot" / "street" / "1" / "gt"

@@ -18,11 +18,12 @@ import yaml
 from configs import recipe_path
 from flows.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from flows.review import EXIT_LEASE_LOST
-from tasks.boxmath import iou_pairs
-from tasks.export import clip_info
-from tasks.exports import cvat, native
-from tasks.keyframes import KEYFRAME_SCHEMA, sort_tracks
-from tasks.storage import open_location
+from tasks.annotations.boxmath import iou_pairs
+from tasks.export.stage import clip_info
+from tasks.formats import cvat
+from tasks.formats import native
+from tasks.annotations.keyframes import KEYFRAME_SCHEMA, sort_tracks
+from tasks.store.storage import open_location
 from tests.scene import render_scene
 
 

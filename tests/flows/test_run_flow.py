@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from configs import recipe_path
-from tasks.items import TIMING_COLUMNS
+from tasks.store.items import TIMING_COLUMNS
 from tests.flows.test_convert_flow import _cli
 from tests.scene import render_scene
 

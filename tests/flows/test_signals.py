@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tasks.batch import run_batch
-from tasks.items import TIMING_COLUMNS
+from tasks.convert.batch import run_batch
+from tasks.store.items import TIMING_COLUMNS
 from tasks.recipe import parse_recipe
 from tests import synth
 

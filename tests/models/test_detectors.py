@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models import registry
-from tasks.detect_driver import detect_checked
+from tasks.detect.driver import detect_checked
 
 
 def _frames(path, count, every=1):

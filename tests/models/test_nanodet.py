@@ -10,8 +10,8 @@ import pytest
 
 from models import registry
 from models.detectors import nanodet
-from tasks.boxmath import iou_matrix
-from tasks.detect_driver import detect_checked
+from tasks.annotations.boxmath import iou_matrix
+from tasks.detect.driver import detect_checked
 
 
 def _frames(path, wanted):

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import registry
 from models.detectors.onnx import create as _create
-from tasks.detect_driver import detect_checked
+from tasks.detect.driver import detect_checked
 
 RUNTIME = "onnxruntime"
 

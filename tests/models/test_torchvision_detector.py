@@ -19,7 +19,7 @@ import torch  # noqa: E402  (after the skip: torch comes with torchvision)
 
 import models.detectors  # noqa: E402
 from models import registry  # noqa: E402
-from tasks.detect_driver import detect_checked  # noqa: E402
+from tasks.detect.driver import detect_checked  # noqa: E402
 
 # Random weights produce denormal floats (uncalibrated, see _net), ~20x slower on CPU.
 torch.set_flush_denormal(True)
@@ -236,7 +236,7 @@ def test_named_weights_bring_their_categories(saved, frames, monkeypatch):
 def test_recipe_device_and_checkpoint_reach_the_backend(saved, tmp_path):
     """The detect stage builds the backend from a recipe: a relative checkpoint path is
     resolved against the recipe file, and ``detect.device`` is passed to the backend."""
-    from tasks.detect import make_detector
+    from tasks.detect.stage import make_detector
     from tasks.errors import ConfigError
     from tasks.recipe import load_recipe
 

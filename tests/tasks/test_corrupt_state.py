@@ -13,15 +13,15 @@ import pytest
 import yaml
 
 from configs import recipe_path
-from tasks.batch import run_batch
-from tasks.compaction import CACHE_DIR, compact_uri
-from tasks.detect import detect_clip, state_paths
+from tasks.convert.batch import run_batch
+from tasks.compact.stage import CACHE_DIR, compact_uri
+from tasks.detect.stage import detect_clip, state_paths
 from tasks.errors import PipelineError
-from tasks.items import read_items
+from tasks.store.items import read_items
 from tasks.recipe import parse_recipe
-from tasks.storage import open_location
-from tasks.tables import read_table
-from tasks.track import assemble_clip, clip_dir, plan_clip, run_object, track_key, write_tracks
+from tasks.store.storage import open_location
+from tasks.store.tables import read_table
+from tasks.track.stage import assemble_clip, clip_dir, plan_clip, run_object, track_key, write_tracks
 from tests.scene import render_scene
 
 

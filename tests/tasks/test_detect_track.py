@@ -19,14 +19,14 @@ import pytest
 import yaml
 
 from configs import recipe_path
-from tasks.batch import run_batch
-from tasks.boxmath import iou_pairs
-from tasks.detect import detect_clip, make_detector, state_paths, write_detections
+from tasks.convert.batch import run_batch
+from tasks.annotations.boxmath import iou_pairs
+from tasks.detect.stage import detect_clip, make_detector, state_paths, write_detections
 from tasks.errors import ConfigError, StorageError
-from tasks.items import read_items
+from tasks.store.items import read_items
 from tasks.recipe import parse_recipe
-from tasks.storage import open_location
-from tasks.track import (assemble_clip, clip_dir, load_keyframes, plan_clip, run_object,
+from tasks.store.storage import open_location
+from tasks.track.stage import (assemble_clip, clip_dir, load_keyframes, plan_clip, run_object,
                          track_key, write_tracks)
 from tests.scene import render_scene
 
@@ -220,9 +220,9 @@ def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_
 
 
 def test_a_review_that_cannot_be_applied_leaves_the_machine_tracks_and_says_why(fresh_out, tmp_path):
-    from tasks.compact import compact_tracks
-    from tasks.review.corrections import diff_review, review_path, save_review
-    from tasks.track import finish_clip_uri
+    from tasks.compact.algorithm import compact_tracks
+    from tasks.track.corrections import diff_review, review_path, save_review
+    from tasks.track.stage import finish_clip_uri
     from tasks.errors import ReviewStorageError
 
     scene, out, record = fresh_out
@@ -296,7 +296,7 @@ def test_detections_within_a_frame_have_one_order_whatever_the_model_gave():
     import numpy as np
 
     from models.boxes import Boxes
-    from tasks.detect import _Columns, _Sampled
+    from tasks.detect.stage import _Columns, _Sampled
 
     xyxy = np.array([[5, 5, 20, 20], [1, 1, 9, 9], [30, 2, 40, 12], [1, 1, 9, 10]], np.float32)
     score = np.array([0.5, 0.9, 0.5, 0.9], np.float32)

@@ -12,8 +12,8 @@ from tasks.errors import ConfigError
 from tasks.recipe import parse_recipe
 from tasks.review import ReviewQueue
 from tasks.review.handoff import enqueue_reviews, measures, priority, queue_url, task_key
-from tasks.storage import open_location
-from tasks.tables import TRACK_SCHEMA, write_table
+from tasks.store.storage import open_location
+from tasks.store.tables import TRACK_SCHEMA, write_table
 
 
 def _rows(track_id, scores, hidden, clip_index=0):
@@ -101,7 +101,7 @@ def test_enqueue_per_unit_by_priority_and_idempotent(tmp_path, unit, keys):
     assert again["per_clip"] == first["per_clip"]
     # Keys the queue has are not measured again (a rerun of 10,000 clips).
     from tasks.review.handoff import review_tasks
-    from tasks.storage import open_location
+    from tasks.store.storage import open_location
 
     made = review_tasks(open_location(str(out_dir), recipe.storage), recipe, records,
                         {(c["recording"], c["clip_index"]): c["files"] for c in clips}, "/data",

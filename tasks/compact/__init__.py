@@ -1,0 +1,1 @@
+"""The compaction stage: the fewest keyframes that reproduce dense tracks."""

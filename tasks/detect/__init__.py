@@ -1,0 +1,1 @@
+"""The detect stage: detector driver, per-clip detections, shot cuts."""

@@ -1,0 +1,1 @@
+"""What people see of a run: per-clip rows and previews."""

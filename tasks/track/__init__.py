@@ -1,0 +1,1 @@
+"""The track stage: multi-object association, and chunked single-object tracking."""
