@@ -9,6 +9,7 @@ on (nothing was recorded as done, so the next run redoes it).
 from __future__ import annotations
 
 import contextvars
+import heapq
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +27,42 @@ if TYPE_CHECKING:
     from flows.run import ClipRun, Job
 
 
+class Lane:
+    """``limit`` slots of one stage; a freed slot goes to the waiting clip that comes first
+    in the recording (lowest order), so the first clips finish first and their review
+    tasks come early, instead of every clip advancing at the same pace."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.busy = limit, 0
+        self.waiting: list[int] = []  # heap of orders
+        self.cond = threading.Condition()
+
+    def acquire(self, order: int) -> None:
+        if self.limit is None:
+            return
+        with self.cond:
+            heapq.heappush(self.waiting, order)
+            while self.busy >= self.limit or self.waiting[0] != order:
+                self.cond.wait()
+            heapq.heappop(self.waiting)
+            self.busy += 1
+            self.cond.notify_all()
+
+    def release(self) -> None:
+        if self.limit is None:
+            return
+        with self.cond:
+            self.busy -= 1
+            self.cond.notify_all()
+
+
 class Lanes:
     def __init__(self, job: "Job", chain):
         self.job, self.chain = job, chain  # chain(job, lanes, run): one clip's way
         recipe = job.recipe
         clips = stage_limit(recipe, recipe.run.max_parallel_clips)
         objects = stage_limit(recipe, recipe.track.max_parallel)
-        self.slots = {name: threading.Semaphore(n) if n else None for name, n in (
+        self.slots = {name: Lane(n) for name, n in (
             ("convert", clips), ("detect", clips), ("plan", clips), ("object", objects),
             ("finish", clips), ("compact", clips), ("export", clips), ("review", 1))}
         # Chains at once: enough to keep every stage's lane busy with different clips.
@@ -59,17 +89,15 @@ class Lanes:
             if self.watching and stage != "review" and run.found.get(stage) is not None:
                 self.watching.finish(stage, run.uri)
 
-    def _call(self, lane: str, task, *args):
+    def _call(self, lane: str, run: "ClipRun", task, *args):
         """``task(*args)`` as a task run within ``lane``'s limit; its result."""
         slot = self.slots[lane]
-        if slot is not None:
-            slot.acquire()
+        slot.acquire(run.order)
         try:
             progress.check_stop(lane)
             return task.submit(*args).result()
         finally:
-            if slot is not None:
-                slot.release()
+            slot.release()
 
     def _step(self, stage: str, run: "ClipRun", task, *args, lane: str | None = None):
         """One stage of one clip: its found answer, else its task's result, else None with
@@ -79,7 +107,7 @@ class Lanes:
         answer = run.found.get(stage)
         if answer is None:
             try:
-                answer = self._call(lane or stage, task, *args)
+                answer = self._call(lane or stage, run, task, *args)
             except Exception as e:
                 self._failed(run, stage, f"{stage} {run.record['output_uri']}", e)
                 return None
@@ -105,8 +133,8 @@ class Lanes:
         record = run.found.get("convert")
         if record is None:
             try:
-                record = self._call("convert", units.process_clip, run.source, job.uri, job.out,
-                                    job.recipe, job.mode)
+                record = self._call("convert", run, units.process_clip, run.source, job.uri,
+                                    job.out, job.recipe, job.mode)
             except Exception as e:  # the batch goes on: the clip is reported, redone next run
                 self.logger.error("%s failed: %s", run.uri, e)
                 record = failed_record(run.source, e)
@@ -152,12 +180,12 @@ class Lanes:
     def _track(self, run: "ClipRun") -> dict[str, Any] | None:
         job, record, uri = self.job, run.record, run.record["output_uri"]
         try:
-            plan = self._call("plan", units.plan_clip, record, job.out, job.recipe,
+            plan = self._call("plan", run, units.plan_clip, record, job.out, job.recipe,
                               job.keyframes, job.track_key)
         except Exception as e:
             return self._failed(run, "track", f"plan {uri}", e)
         objects = plan["objects"]
-        futures = self._objects(record, objects)
+        futures = self._objects(run, objects)
         broken = False
         for tid, future in zip(objects, futures):
             try:
@@ -168,7 +196,7 @@ class Lanes:
         if broken:
             return None
         try:
-            finished = self._call("finish", units.finish_clip, record, job.out, job.recipe,
+            finished = self._call("finish", run, units.finish_clip, record, job.out, job.recipe,
                                   job.track_key, objects)
         except ReviewStorageError as e:  # its table is assembled: the machine's tracks stand
             finished = {"tracks": e.tracks, "review": None, "review_error": f"StorageError: {e}"}
@@ -181,16 +209,14 @@ class Lanes:
                                         "error": finished["review_error"]})
         return finished
 
-    def _objects(self, record: dict[str, Any], objects: list[int]) -> list:
+    def _objects(self, run: "ClipRun", objects: list[int]) -> list:
         """One task per object, within the objects' limit shared by every clip."""
         job, slot = self.job, self.slots["object"]
         futures = []
         for tid in objects:
             progress.check_stop("track")
-            if slot is not None:
-                slot.acquire()  # a slot frees as soon as any running object ends
-            future = units.run_object.submit(record, job.out, job.recipe, job.track_key, tid)
-            if slot is not None:
-                future.add_done_callback(lambda _: slot.release())
+            slot.acquire(run.order)  # a slot frees as soon as any running object ends
+            future = units.run_object.submit(run.record, job.out, job.recipe, job.track_key, tid)
+            future.add_done_callback(lambda _: slot.release())
             futures.append(future)
         return futures

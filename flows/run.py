@@ -80,6 +80,7 @@ class ClipRun:
     """One clip's way through the chain: what each stage answered, and what failed."""
 
     source: ClipSource
+    order: int  # its place in the listing: lanes serve earlier clips first
     found: dict[str, Any] = field(default_factory=dict)  # answers known before any task
     record: dict[str, Any] | None = None  # convert: the clip's record (its items row)
     detected: dict[str, Any] | None = None  # detect: its summary
@@ -122,7 +123,7 @@ def pipeline(job: Job) -> dict[str, Any]:
     """The DAG within the current flow run; returns the stages' summaries."""
     clips = units.list_clips(job.uri, job.out, job.recipe)
     get_run_logger().info("%d clip(s) listed under %s", len(clips), job.uri)
-    runs = [ClipRun(clip) for clip in clips]
+    runs = [ClipRun(clip, i) for i, clip in enumerate(clips)]
     if progress.current():
         progress.current().expect("convert", [r.uri for r in runs])
     look_ahead(job, runs)
