@@ -6,7 +6,7 @@ one entering the frame, exact ground-truth boxes), converted to WebM with `run_b
 Each object gets a person's keyframe at the first frame where it is visible (optionally
 more, every ``--keyframe-every`` frames while visible); the plan has no detector tracks.
 
-(a) chunked: `tasks.track.stage.run_object` for every object with the recipe's
+(a) chunked: `tasks.track.chunks.run_object` for every object with the recipe's
     ``frames_per_execution`` (10). Each chunk is persisted; the next one re-initialises
     the tracker on the frame before it, with the box reached, scoring against the last
     keyframe's look (``reference=``).
@@ -53,7 +53,9 @@ from tasks.store.items import read_items  # noqa: E402
 from tasks.recipe import load_recipe  # noqa: E402
 from tasks.store.storage import open_location  # noqa: E402
 from tasks.store.tables import read_table  # noqa: E402
-from tasks.track.stage import clip_dir, plan_clip, run_object, track_key  # noqa: E402
+from tasks.track.chunks import run_object
+from tasks.track.plan import plan_clip
+from tasks.track.state import clip_dir, track_key  # noqa: E402
 from tests.scene import render_scene  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work"

@@ -112,7 +112,10 @@ def stages_alone(dataset: str, out_dir: Path, config: Path) -> tuple[float, dict
     from tasks.report.rows import clip_preview_uri, clip_rows
     from tasks.review.handoff import enqueue_reviews
     from tasks.store.storage import open_location
-    from tasks.track.stage import assemble_clip, plan_clip, run_object, track_key, write_tracks
+    from tasks.track.chunks import run_object
+    from tasks.track.plan import plan_clip
+    from tasks.track.state import track_key
+    from tasks.track.assemble import assemble_clip, write_tracks
 
     shutil.rmtree(out_dir, ignore_errors=True)
     recipe = load_recipe(str(config))

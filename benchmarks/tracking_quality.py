@@ -144,7 +144,10 @@ def _pipeline(name: str, video: Path) -> Path:
     from tasks.store.items import read_items
     from tasks.recipe import load_recipe
     from tasks.store.storage import open_location
-    from tasks.track.stage import assemble_clip, clip_dir, plan_clip, run_object, track_key
+    from tasks.track.chunks import run_object
+    from tasks.track.plan import plan_clip
+    from tasks.track.state import clip_dir, track_key
+    from tasks.track.assemble import assemble_clip
 
     out_dir = WORK / "pipeline" / name
     shutil.rmtree(out_dir, ignore_errors=True)

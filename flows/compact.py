@@ -10,7 +10,7 @@ from prefect import flow
 
 from flows import units
 from flows.run import pipeline
-from flows.runners import one_writer, run_command
+from flows.runtime import one_writer, run_command
 from flows.track import check_before_start, track_job
 from tasks.compact.algorithm import tolerance
 from tasks.recipe import load_recipe

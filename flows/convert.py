@@ -7,7 +7,7 @@ from typing import Any, Literal
 from prefect import flow
 
 from flows.run import Job, pipeline
-from flows.runners import one_writer, run_command
+from flows.runtime import one_writer, run_command
 from tasks.recipe import load_recipe
 
 

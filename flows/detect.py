@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow
 
 from flows.run import Job, pipeline
-from flows.runners import one_writer, run_command
+from flows.runtime import one_writer, run_command
 from tasks.detect.stage import make_detector
 from tasks.recipe import load_recipe
 

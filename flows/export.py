@@ -13,7 +13,7 @@ from flows import units
 from flows.compact import is_table
 from flows.finish import export_all
 from flows.run import Job, pipeline
-from flows.runners import one_writer, run_command
+from flows.runtime import one_writer, run_command
 from flows.track import check_before_start, track_job
 from tasks.detect.stage import converted_records
 from tasks.store.items import is_converted

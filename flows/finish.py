@@ -15,7 +15,7 @@ from prefect import get_run_logger
 from prefect.utilities.annotations import quote
 
 from flows import units
-from flows.runners import stage_limit, submit_unless_found
+from flows.runtime import gather, stage_limit, submit_unless_found
 from tasks import progress
 from tasks.detect.stage import converted_records
 from tasks.store.items import is_converted
@@ -102,14 +102,15 @@ def export_all(job: "Job", records: list[dict[str, Any]],
                                   stage_limit(recipe, recipe.run.max_parallel_clips),
                                   exported_before_uri(out, recipe, records, formats, compacted,
                                                       labels))
-    clips, failed = [], [f for r in runs if r for f in r.failed["export"]]
-    for record, run, future in zip(records, runs, futures):
-        try:
-            clip = future.result()
-        except Exception as e:  # reported; the other clips are exported
-            logger.error("export %s failed: %s", record["output_uri"], e)
-            failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
-            continue
+    failed = [f for r in runs if r for f in r.failed["export"]]
+
+    def export_failed(unit, e: BaseException) -> None:
+        record = unit[0]
+        logger.error("export %s failed: %s", record["output_uri"], e)
+        failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
+
+    clips = []
+    for (record, run), clip in gather(list(zip(records, runs)), futures, export_failed):
         if run is not None and run.exported is not None:  # what its chain wrote counts too
             clip = {**clip, "written": sorted({*clip["written"], *run.exported["written"]})}
         clips.append(clip)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger
 
 from flows import units
-from flows.runners import stage_limit
+from flows.runtime import gather, stage_limit
 from tasks import progress
 from tasks.convert.batch import failed_record
 from tasks.errors import ReviewStorageError
@@ -186,14 +186,10 @@ class Lanes:
             return self._failed(run, "track", f"plan {uri}", e)
         objects = plan["objects"]
         futures = self._objects(run, objects)
-        broken = False
-        for tid, future in zip(objects, futures):
-            try:
-                future.result()
-            except Exception as e:  # the other objects and clips go on
-                self._failed(run, "track", f"track {uri} #{tid}", e)
-                broken = True
-        if broken:
+        # An object that fails is reported; the other objects and clips go on.
+        tracked = gather(objects, futures,
+                         lambda tid, e: self._failed(run, "track", f"track {uri} #{tid}", e))
+        if len(tracked) < len(objects):
             return None
         try:
             finished = self._call("finish", run, units.finish_clip, record, job.out, job.recipe,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.convert.clip import convert_ledger, reused_record_uri
 from tasks.compact.stage import compact_ledger_uri, compacted_before_uri
-from tasks.detect.stage import detect_ledger, detected_before_uri
+from tasks.detect.state import detect_ledger, detected_before_uri
 from tasks.store.items import is_converted
 from tasks.export.stage import exported_before_uri
 from tasks.store.ledger import fill_missing
@@ -27,11 +27,7 @@ def look_ahead(job: "Job", runs: list["ClipRun"]) -> None:
                      convert_ledger([r.source for r in runs], out, recipe, job.mode))
     _put(runs, "convert", found)
     ready = [r for r in runs if is_converted(r.found["convert"])]
-    for stage, done, ledger, extra in (
-            ("detect", detected_before_uri, detect_ledger, ()),
-            ("track", tracked_before_uri, track_ledger, (job.track_key,)),
-            ("compact", compacted_before_uri, compact_ledger_uri,
-             (job.track_key, job.max_error_px, job.min_iou))):
+    for stage, done, ledger, extra in _clip_stages(job):
         if not job.reaches(stage):
             return
         records = [r.found["convert"] for r in ready]
@@ -47,6 +43,15 @@ def look_ahead(job: "Job", runs: list["ClipRun"]) -> None:
     ready = [r for r in ready if r.found["export"] is not None]
     if recipe.review.enqueue:
         _put(ready, "review", _reviews_known(job, ready))
+
+
+def _clip_stages(job: "Job") -> list[tuple]:
+    """(stage, its look-up, its ledger, the arguments both take after record, OUT, recipe)
+    of the stages after conversion whose units are clips."""
+    return [("detect", detected_before_uri, detect_ledger, ()),
+            ("track", tracked_before_uri, track_ledger, (job.track_key,)),
+            ("compact", compacted_before_uri, compact_ledger_uri,
+             (job.track_key, job.max_error_px, job.min_iou))]
 
 
 def _look_up(done, calls: list[tuple], ledger) -> list:
@@ -91,11 +96,7 @@ def settle_ledgers(job: "Job", runs: list["ClipRun"], items: list[dict[str, Any]
         [r.found.get("convert") for r in runs], lambda i: reused_record_uri(*calls[i]))
     by_uri = {r.uri: r for r in runs}
     ready = [rec for rec in items if is_converted(rec)]
-    for stage, done, ledger, extra in (
-            ("detect", detected_before_uri, detect_ledger, ()),
-            ("track", tracked_before_uri, track_ledger, (job.track_key,)),
-            ("compact", compacted_before_uri, compact_ledger_uri,
-             (job.track_key, job.max_error_px, job.min_iou))):
+    for stage, done, ledger, extra in _clip_stages(job):
         if not job.reaches(stage):
             return
         ready = [rec for rec in ready if by_uri[rec["source_uri"]].done(stage)]

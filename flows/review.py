@@ -132,7 +132,7 @@ def apply_reviews(dataset: str, out: str, config: str | None) -> dict[str, Any]:
     from flows.export import run_export
     from tasks.errors import ConfigError
     from tasks.recipe import load_recipe
-    from tasks.track.corrections import review_lock
+    from tasks.track.review_store import review_lock
     from tasks.store.storage import open_location
 
     if is_table(dataset):

@@ -29,8 +29,8 @@ from flows.artifacts import ProgressArtifact, artifact_key
 from flows.finish import finish_recording
 from flows.lanes import Lanes
 from flows.look_ahead import look_ahead
-from flows.runners import flow_runner, one_writer, run_command, scaled_out, stage_limit, \
-    stage_runner, submit_bounded
+from flows.runtime import flow_runner, gather, one_writer, run_command, scaled_out, \
+    stage_limit, stage_runner, submit_bounded
 from tasks import progress
 from tasks.store.items import is_converted
 from tasks.export.stage import WHOLE_RUN_FORMATS, parse_formats
@@ -176,7 +176,7 @@ def pipeline_flow(uri: str, out: str, config: str | None = None) -> dict[str, An
 
 
 def whole_job(uri: str, out: str, config: str | None) -> Job:
-    from tasks.track.stage import track_key
+    from tasks.track.state import track_key
 
     recipe = load_recipe(config)
     return Job(uri, out, recipe, config=config, track_key=track_key(recipe, None))
@@ -239,12 +239,8 @@ def _previews(rows: list[dict[str, Any]], out: str, recipe: Recipe):
     done = [r for r, same in zip(every, current) if not same]
     futures = submit_bounded(units.clip_preview, [(r, out, recipe) for r in done],
                              stage_limit(recipe, recipe.run.max_parallel_clips))
-    previews = {}
-    for row, future in zip(done, futures):
-        try:
-            previews[row["clip"]] = future.result()
-        except Exception as e:  # previews are for watching; the outputs stand
-            get_run_logger().warning("previews of %s failed: %s", row["clip"], e)
+    previews = {row["clip"]: made for row, made in gather(done, futures, lambda row, e: (
+        get_run_logger().warning("previews of %s failed: %s", row["clip"], e)))}
     if len(previews) == len(done):
         note_previews_uri(every, out, recipe)
     return previews, done, current

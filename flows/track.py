@@ -9,11 +9,12 @@ from typing import Any
 from prefect import flow
 
 from flows.run import Job, pipeline
-from flows.runners import one_writer, run_command
+from flows.runtime import one_writer, run_command
 from tasks.detect.stage import make_detector
 from tasks.recipe import Recipe, load_recipe
 from tasks.store.storage import open_location
-from tasks.track.stage import load_keyframes, track_key
+from tasks.track.plan import load_keyframes
+from tasks.track.state import track_key
 
 
 def track_job(uri: str, out: str, recipe: Recipe, config: str | None,

@@ -3,7 +3,7 @@
 A detector MUST return exactly one `Boxes` per input frame, in input order, with boxes in
 pixels of that frame and class ids indexing ``spec.labels``; it MUST NOT keep references to
 the frames it was given. A tracker splits ``init`` from ``update`` and keeps its state
-opaque. `tasks/` validates what backends return (one error type, `BadBackendError`).
+opaque; ``update`` returns a box in pixels of the frame and a score in [0, 1]. `tasks/` validates what backends return (one error type, `BadBackendError`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Tracker(Protocol):
     spec: TrackerSpec
 
     def init(self, frame: np.ndarray, box: np.ndarray) -> Any:
-        """Start following ``box`` (x1, y1, x2, y2) in ``frame``; returns opaque state.
+        """Start following ``box`` (x1, y1, x2, y2) in ``frame``; returns opaque state, or
+        None when it cannot start on this box (any exception is a bug, not a refusal).
 
         A backend MAY accept ``reference=(frame, box)``: the object's look at its last
         keyframe, to score against when restarted mid-track (chunk boundaries)."""

@@ -82,7 +82,7 @@ _ADDRESS_HINT = {"dask": "tcp://host:port or tls://host:port",
 
 class RunConfig(_Section):
     """How tasks run: threads in this process, or worker processes of a Dask or Ray cluster
-    (see flows/runners.py)."""
+    (see flows/runtime/)."""
 
     max_parallel_clips: int = Field(2, ge=1, le=256, description="clips at once (threads)")
     task_runner: Literal["thread", "dask", "ray"] = Field(

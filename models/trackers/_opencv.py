@@ -149,7 +149,7 @@ class OpenCVTracker:
         self._make, self._grey, self._legacy = make, grey, legacy
 
     def init(self, frame: np.ndarray, box: np.ndarray,
-             reference: tuple[np.ndarray, np.ndarray] | None = None) -> OpenCVState:
+             reference: tuple[np.ndarray, np.ndarray] | None = None) -> OpenCVState | None:
         """Start on ``box``; the score compares with ``reference`` = (frame, box), the
         object's look at its last keyframe, when given (a tracker restarted mid-track keeps
         judging against the keyframe, so a drifted box cannot become its own template)."""
@@ -168,7 +168,7 @@ class OpenCVTracker:
         image = grey if self._grey else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
         if self._legacy:
             if not tracker.init(image, tuple(float(v) for v in rect)):
-                raise ValueError(f"{self.spec.name} could not start on box {box.tolist()}")
+                return None  # the contract's "cannot start on this box"
         else:
             tracker.init(image, rect)
         extent = (float(box[2] - box[0]), float(box[3] - box[1]))

@@ -13,7 +13,7 @@ Semantics (the contract; the README's "Keyframes" section says the same for user
   "reflected" frame). After the last keyframe the box is held up to the end.
 - ``kind`` says why a frame is a keyframe: see `KINDS`.
 
-Dense tracks (one row per frame, as `tasks.track.stage` writes them) are normalised before they
+Dense tracks (one row per frame, as `tasks.track.assemble` writes them) are normalised before they
 are compared or compacted (`normalise_dense`): missing frames inside a track become hidden
 frames holding the last box, and hidden frames before the first or after the last visible
 frame are dropped (hidden at the start is not allowed; hidden to the end is the same as

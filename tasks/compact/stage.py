@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from tasks.store import merged
 from tasks.compact.algorithm import compact_tracks, tolerance, verify
-from tasks.detect.stage import looked_up
+from tasks.detect.state import looked_up
 from tasks.errors import ConfigError, PipelineError
 from tasks.store.items import clip_id_for
 from tasks.annotations.keyframes import KEYFRAME_SCHEMA
@@ -47,7 +47,7 @@ def tolerance_of(recipe: Recipe, max_error_px: float | None,
 
 def _dense_rows(out: Location, record: dict[str, Any], key: str) -> pa.Table | None:
     """The clip's tracks as the merged tracks table holds them, with clip frames only."""
-    from tasks.track.stage import clip_tracks
+    from tasks.track.assemble import clip_tracks
 
     table = clip_tracks(out, record, key)
     if table is None:
@@ -80,18 +80,25 @@ def compact_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str
     if rows is None:
         raise PipelineError(f"{record['output_uri']} has no tracks table yet: track it first")
     name = _name(record, rows, tol)
-    path = out.path(CACHE_DIR, name)
     started = time.perf_counter()
-    keyframes = read_state_table(out, path)
-    computed = keyframes is None
-    if computed:
-        keyframes = compact_tracks(rows, max_error_px=tol[0], min_iou=tol[1])
-        problems = verify(rows, keyframes, max_error_px=tol[0], min_iou=tol[1])
-        if problems:
-            raise PipelineError(f"compaction of {record['output_uri']} failed its check: "
-                                f"{problems[0]}")
-        write_table(out, path, keyframes)
+    keyframes, computed = _kept_or_computed(out, name, rows, tol, record["output_uri"])
     return _summary(record, name, rows, keyframes, computed, time.perf_counter() - started)
+
+
+def _kept_or_computed(out: Location, name: str, rows: pa.Table, tol: tuple,
+                      what: str) -> tuple[pa.Table, bool]:
+    """The keyframes kept under ``name``, else computed from ``rows``, re-checked frame by
+    frame (a failure there is a bug and raises) and kept; and whether they were computed."""
+    path = out.path(CACHE_DIR, name)
+    keyframes = read_state_table(out, path)
+    if keyframes is not None:
+        return keyframes, False
+    keyframes = compact_tracks(rows, max_error_px=tol[0], min_iou=tol[1])
+    problems = verify(rows, keyframes, max_error_px=tol[0], min_iou=tol[1])
+    if problems:
+        raise PipelineError(f"compaction of {what} failed its check: {problems[0]}")
+    write_table(out, path, keyframes)
+    return keyframes, True
 
 
 def compacted_before(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
@@ -114,8 +121,8 @@ def compact_ledger(records: list[dict[str, Any]], out: Location, recipe: Recipe,
                    max_error_px: float | None = None, min_iou: float | None = None) -> Ledger:
     """The `compacted_before` answers kept from the last run (`tasks.store.ledger`): each reads the
     clip's tracking state, its review and its kept keyframes."""
-    from tasks.track.corrections import REVIEW_DIR, review_path
-    from tasks.track.stage import STATE_DIR, clip_dir
+    from tasks.track.review_store import REVIEW_DIR, review_path
+    from tasks.track.state import STATE_DIR, clip_dir
 
     tol = tolerance_of(recipe, max_error_px, min_iou)
     state, reviews, kept = out.path(STATE_DIR), out.path(REVIEW_DIR), out.path(CACHE_DIR)
@@ -217,15 +224,8 @@ def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | Non
     for (recording, index), rows in sorted(slices.items()):
         started = time.perf_counter()
         kept = f"{table_digest(rows, *tol, COMPACT_VERSION)}.parquet"
-        keyframes = read_state_table(out, out.path(CACHE_DIR, kept))
-        computed = keyframes is None
-        if computed:
-            keyframes = compact_tracks(rows, max_error_px=tol[0], min_iou=tol[1])
-            problems = verify(rows, keyframes, max_error_px=tol[0], min_iou=tol[1])
-            if problems:
-                raise PipelineError(f"compaction of {recording} clip {index} failed its check: "
-                                    f"{problems[0]}")
-            write_table(out, out.path(CACHE_DIR, kept), keyframes)
+        keyframes, computed = _kept_or_computed(out, kept, rows, tol,
+                                                f"{recording} clip {index}")
         where = {"recording": recording, "clip_index": index, "source_uri": ""}
         clips.append(_summary(where, kept, rows, keyframes, computed,
                               time.perf_counter() - started))

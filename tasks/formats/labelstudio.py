@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from tasks.formats.base import ClipInfo
 from tasks.errors import FormatError
-from tasks.formats.cvat import Key, Run, TrackFrames, keyframe_table, runs, track_frames
+from tasks.formats.linear import Key, Run, TrackFrames, keyframe_table, runs, track_frames
 from tasks.annotations.keyframes import attributes_json
 
 NAME = "labelstudio"

@@ -7,7 +7,7 @@ and datumaro's ``mot_seq_gt`` write it (datumaro ``plugins/data_formats/mot.py``
 This is the MOT16/17 ground-truth layout (the 2-D MOT15 one has ``conf,-1,-1,-1`` in the last
 four columns and no class); `motmetrics` (``mm.io.loadtxt(path, fmt="mot15-2D")``), TrackEval,
 datumaro and CVAT read it. Frames are 1-based; ids are our track ids, which are 1-based already
-(``tasks.track.stage``). MOT has no keyframes, so the file is dense: every visible frame of
+(``tasks.track.assemble``). MOT has no keyframes, so the file is dense: every visible frame of
 `expand(keyframes)`, sorted by frame and id; hidden frames are left out and a track ends with
 its last visible frame. Boxes are our pixel edges, as CVAT and datumaro write them (motmetrics'
 loader subtracts 1 from x and y, the MOTChallenge devkit's 1-based pixels, for ground truth and

@@ -192,7 +192,7 @@ def _previews_signature(out: Location, rows: list[dict[str, Any]],
     their state records."""
     from tasks.store import merged
     from tasks.compact.stage import KEYFRAMES_FILE
-    from tasks.detect.stage import webm_identity
+    from tasks.detect.state import webm_identity
     from tasks.report.previews import PREVIEW_VERSION
     from tasks.report.previews import STATE_DIR as PREVIEW_STATE
     from tasks.detect.shots import SHOTS_FILE

@@ -23,8 +23,9 @@ import pyarrow.compute as pc
 
 from tasks.errors import ConfigError, FormatError
 from tasks.recipe import Recipe
-from tasks.track.corrections import (Review, diff_review, human_frames, read_reviewed,
-                                     replay_review, save_review)
+from tasks.track.corrections import Review, diff_review, human_frames, replay_review
+from tasks.track.review_store import save_review
+from tasks.track.review_read import read_reviewed
 from tasks.store.storage import Location, open_location
 
 QUEUE_FILE = "review.db"
@@ -210,7 +211,7 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
     shots tables (one `known` query for all of them)."""
     from tasks.detect.shots import SHOTS_FILE
     from tasks.store.tables import clip_slices, read_table
-    from tasks.track.stage import TRACKS_FILE
+    from tasks.track.state import TRACKS_FILE
 
     tracks = read_table(out, out.path(TRACKS_FILE))
     shots = read_table(out, out.path(SHOTS_FILE))
@@ -273,7 +274,7 @@ def enqueue_clip_reviews(out_uri: str, recipe: Recipe, record: dict[str, Any],
     """Enqueue one clip's review tasks as soon as it is exported (``files``), measured on
     its tracks (with its review applied) and shots. A rerun adds nothing."""
     from tasks.store.tables import with_attributes
-    from tasks.track.stage import clip_tracks
+    from tasks.track.assemble import clip_tracks
 
     def make(out: Location, known) -> list:
         rows = clip_tracks(out, record, track_key)
@@ -331,7 +332,7 @@ def validate_result(payload: dict[str, Any], data: bytes, fmt: str, recipe: Reci
     baseline = current_keyframes(out, record)
     # Tracks a tool added get ids above every id the clip has had, so none takes the id of
     # a track the reviewer deleted.
-    from tasks.track.corrections import load_review
+    from tasks.track.review_store import load_review
 
     stored = load_review(out, record)
     ids = baseline["track_id"].to_pylist() + (stored.keyframes["track_id"].to_pylist() if stored else [])

@@ -28,10 +28,7 @@ What a review means, frame by frame:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Collection
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,97 +36,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.formats.base import ClipInfo
 from tasks.errors import FormatError
 from tasks.annotations.keyframes import BOX, KEYFRAME_SCHEMA, expand, sort_tracks
-from tasks.recipe import ResultLimits
-from tasks.store.storage import Location
-from tasks.store.tables import TRACKS_FILE_SCHEMA, with_attributes, write_table
+from tasks.store.tables import TRACKS_FILE_SCHEMA, with_attributes
 
-REVIEW_DIR = "reviews"
-# Formats a review result may come back in: those with a tool that edits tracks.
-REVIEWABLE_FORMATS = ("json", "cvat", "labelstudio", "dataloop")
 # A kept keyframe moves by rounding only (CVAT writes 2 decimals, Label Studio percentages);
 # more than this is a person's move.
 MOVED_PX = 0.5
 _SPAN = np.int64(1) << 40  # (track, frame) keys: track_id * _SPAN + frame
 _MAX_TRACK_ID = 1 << 22
-
-
-# --- reading a result ------------------------------------------------------------------------
-
-
-def read_reviewed(data: bytes, fmt: str, clip: ClipInfo,
-                  labels: Collection[str] | None = None,
-                  limits: ResultLimits | None = None) -> pa.Table:
-    """The result's keyframes (`KEYFRAME_SCHEMA`), or `FormatError` naming what is wrong;
-    ``limits`` (the recipe's ``review.limits``) bound size, nesting, tracks and boxes."""
-    from tasks.formats import format_module
-    from tasks.formats.limits import check_before_parsing, check_counts
-
-    limits = limits or ResultLimits()
-    if fmt not in REVIEWABLE_FORMATS:
-        raise FormatError(f"result format {fmt!r} is not one a review can come back in; "
-                          f"choose from {', '.join(REVIEWABLE_FORMATS)}")
-    if not data or not data.strip():
-        raise FormatError("the result is empty")
-    check_before_parsing(data, limits)
-    try:
-        table = format_module(fmt).read(data, clip)
-    except FormatError:
-        raise
-    except RecursionError as e:  # XML nesting, or JSON inside an attribute string
-        raise FormatError(f"not a readable {fmt} file: nested too deeply") from e
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise FormatError(f"not a readable {fmt} file: {type(e).__name__}: {e}") from e
-    check_counts(table, limits)
-    if table.num_rows and pc.max(table["track_id"]).as_py() >= _MAX_TRACK_ID:
-        raise FormatError(f"track id {pc.max(table['track_id']).as_py()} is too large "
-                          f"(at most {_MAX_TRACK_ID - 1})")
-    _check_geometry(table, clip)
-    if labels is not None and table.num_rows:
-        allowed = set(labels)
-        found = table["label"].to_pylist()
-        bad = [i for i, label in enumerate(found) if label not in allowed]
-        if bad:
-            i = bad[0]
-            raise FormatError(f"track {table['track_id'][i].as_py()} frame {table['frame'][i].as_py()}: "
-                              f"unknown label {found[i]!r}; allowed: {', '.join(sorted(allowed))}")
-    return sort_tracks(table)
-
-
-def _check_geometry(table: pa.Table, clip: ClipInfo) -> None:
-    """Every box a number, inside the frame give or take a tool's rounding (edges at most
-    `_MARGIN` of the frame's size outside), at least a pixel wide and high where visible;
-    scores absent or in [0, 1]. A box that breaks a rule is refused naming its track and
-    frame: it would flow into every export."""
-    if not table.num_rows:
-        return
-    box = np.column_stack([table[c].to_numpy(zero_copy_only=False) for c in BOX]).astype(np.float64)
-    hidden = table["hidden"].to_numpy(zero_copy_only=False)
-    w, h = float(clip.width), float(clip.height)
-    mx, my = max(2.0, _MARGIN * w), max(2.0, _MARGIN * h)
-    checks = [
-        (~np.isfinite(box).all(1), "is not finite"),
-        ((box[:, 0] < -mx) | (box[:, 1] < -my) | (box[:, 2] > w + mx) | (box[:, 3] > h + my),
-         f"lies outside the {clip.width}x{clip.height} frame"),
-        (~hidden & ((box[:, 2] - box[:, 0] < 1) | (box[:, 3] - box[:, 1] < 1)),
-         "is under a pixel wide or high"),
-    ]
-    if "score" in table.column_names:
-        score = pc.fill_null(table["score"], 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
-        checks.append((~np.isfinite(score) | (score < 0) | (score > 1), "has a score outside [0, 1]"))
-    for bad, why in checks:
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            detail = f"box {box[i].tolist()}" if "score" not in why else \
-                f"score {table['score'][i].as_py()}"
-            raise FormatError(f"track {table['track_id'][i].as_py()} frame "
-                              f"{table['frame'][i].as_py()}: {detail} {why}"
-                              f"{f' (and {int(bad.sum()) - 1} more)' if bad.sum() > 1 else ''}")
-
-
-_MARGIN = 0.01  # share of the frame a box edge may lie outside it (a tool's rounding)
 
 
 # --- what changed ------------------------------------------------------------------------------
@@ -305,89 +220,6 @@ def _track_end(table: pa.Table, track_id: int, clip_frames: int) -> int | None:
         return None
     end = rows["end_frame"][0].as_py()
     return clip_frames - 1 if end is None else int(end)
-
-
-# --- the clip's review file ----------------------------------------------------------------------
-
-
-def review_path(out: Location, record: dict[str, Any]) -> str:
-    from tasks.store.items import clip_id_for
-
-    return out.path(REVIEW_DIR, f"{clip_id_for(record['source_uri'])}.parquet")
-
-
-@dataclass(frozen=True)
-class StoredReview:
-    keyframes: pa.Table
-    scope: tuple[int, ...]
-    digest: str  # of the file: what the applied result is kept by
-    tasks: tuple[int, ...]  # the queue tasks whose results it holds
-    track_key: str | None  # the tracking settings whose track ids it refers to
-
-
-def load_review(out: Location, record: dict[str, Any]) -> StoredReview | None:
-    """The clip's review, or None when nobody reviewed it."""
-    from tasks.store.storage import read_bytes
-
-    data = read_bytes(out, review_path(out, record))
-    if data is None:
-        return None
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(pa.BufferReader(data))
-    meta = table.schema.metadata
-    key = meta.get(b"track_key")
-    return StoredReview(table.replace_schema_metadata(None), tuple(json.loads(meta[b"scope"])),
-                        hashlib.sha256(data).hexdigest()[:16],
-                        tuple(json.loads(meta.get(b"tasks", b"[]"))),
-                        key.decode() if key else None)
-
-
-def save_review(out: Location, record: dict[str, Any], review: Review, task_id: int | None,
-                track_key: str | None = None) -> str:
-    """Merge a review into the clip's review file (tracks of its scope and its new tracks are
-    replaced, earlier reviews of other tracks kept) and write it atomically. Reviews of one
-    clip are merged one at a time (`review_lock`), so two finishing at once both stay."""
-    with review_lock(out):
-        existing = load_review(out, record)
-        table, scope = review.keyframes, set(review.scope)
-        tasks: list[int] = []
-        if existing is not None:
-            old = existing.keyframes
-            replaced = scope | set(table["track_id"].to_pylist())
-            keep = old.filter(pc.invert(pc.is_in(old["track_id"], pa.array(sorted(replaced), pa.int32()))))
-            table = pa.concat_tables([keep.cast(KEYFRAME_SCHEMA), table.cast(KEYFRAME_SCHEMA)])
-            scope |= set(existing.scope)
-            tasks = list(existing.tasks)
-            track_key = track_key or existing.track_key
-        if task_id is not None and task_id not in tasks:
-            tasks.append(task_id)
-        meta = {"scope": json.dumps(sorted(scope)), "tasks": json.dumps(tasks)}
-        if track_key:
-            meta["track_key"] = track_key
-        table = sort_tracks(table.cast(KEYFRAME_SCHEMA)).replace_schema_metadata(meta)
-        return write_table(out, review_path(out, record), table)
-
-
-@contextmanager
-def review_lock(out: Location):
-    """One writer of reviews (and one pipeline run applying them) per OUT at a time: an OS
-    lock on ``OUT/reviews/.lock`` where OUT is a local folder. (An object store has no such
-    lock: with OUT in a bucket, apply reviews from one process.)"""
-    if not out.is_local:
-        yield
-        return
-    import fcntl
-    import os
-
-    folder = os.path.join(out.root, REVIEW_DIR)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- applying a review to dense tracks -------------------------------------------------------------

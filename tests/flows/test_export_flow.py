@@ -5,7 +5,6 @@ read back to the same frames, spans to per-frame labels, reruns byte-identical."
 from __future__ import annotations
 
 import json
-import shutil
 
 import av
 import cv2
@@ -19,22 +18,9 @@ from tasks.annotations.keyframes import check_keyframes, compare_states, expand,
 from tasks.store.storage import open_location
 
 
-def test_export_command_on_street_sample(prefect_harness, samples, tmp_path, capsys):
-    data = tmp_path / "data" / "street"
-    data.mkdir(parents=True)
-    shutil.copy(samples["bikes"], data / "1.mp4")
-    config = tmp_path / "people.yaml"
-    config.write_text("detect: {every_nth: 3, max_side: 640}\n"
-                      "associate: {min_hits: 2, max_age: 9}\n"
-                      "track: {tracker: kcf, carry_frames: 6, max_parallel: 4}\n"
-                      "compact: {max_error_px: 1.5}\n")
-    spans = tmp_path / "spans.csv"
-    spans.write_text("recording,start_s,end_s,label\nstreet,0.5,1.25,cycling\n")
-    out = tmp_path / "out"
-    code = main(["export", str(tmp_path / "data"), "--out", str(out), "--config", str(config),
-                 "--spans", str(spans)])
-    printed = capsys.readouterr().out
-    assert code == EXIT_OK, printed
+def test_export_command_on_street_sample(street_run, tmp_path, capsys):
+    out, config, spans = street_run.out, street_run.config, street_run.spans
+    printed = street_run.printed
     assert "keyframes table:" in printed and "export: 1 clip(s)" in printed
 
     tracks = pq.read_table(out / "tracks.parquet")
@@ -75,7 +61,7 @@ def test_export_command_on_street_sample(prefect_harness, samples, tmp_path, cap
     # A rerun does no work twice and rewrites identical files.
     exported = sorted(p for p in (out / "exports").rglob("*") if p.is_file())
     before = {p: p.read_bytes() for p in exported + [out / "keyframes.parquet"]}
-    assert main(["export", str(tmp_path / "data"), "--out", str(out), "--config", str(config),
+    assert main(["export", str(street_run.data), "--out", str(out), "--config", str(config),
                  "--spans", str(spans)]) == EXIT_OK
     assert {p: p.read_bytes() for p in before} == before
 
@@ -88,7 +74,7 @@ def test_export_command_on_street_sample(prefect_harness, samples, tmp_path, cap
 
     # snapshot: exactly the decoded frame, named after the clip and frame.
     capsys.readouterr()
-    assert main(["snapshot", str(tmp_path / "data"), "--out", str(out), "--clip", "1.mp4",
+    assert main(["snapshot", str(street_run.data), "--out", str(out), "--clip", "1.mp4",
                  "--frame", "7"]) == EXIT_OK
     (png,) = (out / "Snapshots").rglob("*.png")
     assert "1" in png.name and "7" in png.name

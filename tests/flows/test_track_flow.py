@@ -4,7 +4,6 @@ every earlier stage run (or skipped) first, objects tracked concurrently by the 
 
 from __future__ import annotations
 
-import shutil
 
 import av
 import numpy as np
@@ -13,21 +12,9 @@ import pyarrow.parquet as pq
 from flows.cli import EXIT_OK, main
 
 
-def test_track_command_on_street_sample(prefect_harness, samples, tmp_path, capsys):
-    data = tmp_path / "data" / "street"
-    data.mkdir(parents=True)
-    shutil.copy(samples["bikes"], data / "1.mp4")
-    config = tmp_path / "people.yaml"
-    # The detector on every 3rd frame keeps the test short; the tracker carries the frames
-    # between.
-    config.write_text("detect: {every_nth: 3, max_side: 640}\n"
-                      "labels: {map: {person: person}}\n"
-                      "associate: {min_hits: 2, max_age: 9}\n"
-                      "track: {tracker: kcf, carry_frames: 6, max_parallel: 4}\n")
-    out = tmp_path / "out"
-    code = main(["track", str(tmp_path / "data"), "--out", str(out), "--config", str(config)])
-    printed = capsys.readouterr().out
-    assert code == EXIT_OK, printed
+def test_track_command_on_street_sample(street_run, capsys):
+    """The stage outputs of a run (`street_run`), and a rerun of `track` that does nothing."""
+    out, config, printed = street_run.out, street_run.config, street_run.printed
     assert "tracks table:" in printed and "detections table:" in printed
 
     items = pq.read_table(out / "items.parquet").to_pylist()
@@ -60,7 +47,7 @@ def test_track_command_on_street_sample(prefect_harness, samples, tmp_path, caps
 
     # A rerun does no work twice and writes the same tables.
     before = {p: (out / p).read_bytes() for p in ("detections.parquet", "tracks.parquet")}
-    assert main(["track", str(tmp_path / "data"), "--out", str(out), "--config", str(config),
+    assert main(["track", str(street_run.data), "--out", str(out), "--config", str(config),
                  "--json"]) == EXIT_OK
     summary = capsys.readouterr().out
     assert '"skipped": 1' in summary

@@ -15,13 +15,17 @@ import yaml
 from configs import recipe_path
 from tasks.convert.batch import run_batch
 from tasks.compact.stage import CACHE_DIR, compact_uri
-from tasks.detect.stage import detect_clip, state_paths
+from tasks.detect.stage import detect_clip
+from tasks.detect.state import state_paths
 from tasks.errors import PipelineError
 from tasks.store.items import read_items
 from tasks.recipe import parse_recipe
 from tasks.store.storage import open_location
 from tasks.store.tables import read_table
-from tasks.track.stage import assemble_clip, clip_dir, plan_clip, run_object, track_key, write_tracks
+from tasks.track.chunks import run_object
+from tasks.track.plan import plan_clip
+from tasks.track.state import clip_dir, track_key
+from tasks.track.assemble import assemble_clip, write_tracks
 from tests.scene import render_scene
 
 

@@ -21,13 +21,16 @@ import yaml
 from configs import recipe_path
 from tasks.convert.batch import run_batch
 from tasks.annotations.boxmath import iou_pairs
-from tasks.detect.stage import detect_clip, make_detector, state_paths, write_detections
+from tasks.detect.stage import detect_clip, make_detector, write_detections
+from tasks.detect.state import state_paths
 from tasks.errors import ConfigError, StorageError
 from tasks.store.items import read_items
 from tasks.recipe import parse_recipe
 from tasks.store.storage import open_location
-from tasks.track.stage import (assemble_clip, clip_dir, load_keyframes, plan_clip, run_object,
-                         track_key, write_tracks)
+from tasks.track.chunks import run_object
+from tasks.track.plan import load_keyframes, plan_clip
+from tasks.track.state import clip_dir, track_key
+from tasks.track.assemble import assemble_clip, write_tracks
 from tests.scene import render_scene
 
 np.asfarray = getattr(np, "asfarray", lambda a, dtype=float: np.asarray(a, dtype=dtype))  # motmetrics on numpy 2
@@ -221,7 +224,8 @@ def test_human_keyframe_tracked_through_occlusion_and_resumed_identically(fresh_
 
 def test_a_review_that_cannot_be_applied_leaves_the_machine_tracks_and_says_why(fresh_out, tmp_path):
     from tasks.compact.algorithm import compact_tracks
-    from tasks.track.corrections import diff_review, review_path, save_review
+    from tasks.track.corrections import diff_review
+    from tasks.track.review_store import review_path, save_review
     from tasks.track.stage import finish_clip_uri
     from tasks.errors import ReviewStorageError
 

@@ -30,7 +30,7 @@ def make_clip(frames: int = 150, recording: str = "cam", clip_index: int = 3) ->
 
 def dense_tracks(clip: ClipInfo, seed: int = 0, *, attributes: bool = True,
                  jitter: float = 0.0, held: bool = False) -> pa.Table:
-    """Tracks as `tasks.track.stage` writes them (one row per frame), plus an ``attributes`` column
+    """Tracks as `tasks.track.assemble` writes them (one row per frame), plus an ``attributes`` column
     when asked: random walks, piecewise linear between control points every 5 frames (so
     that keyframes there reproduce them), hidden ranges holding the last box, label and
     attribute changes, tracks that end early, last to the clip's end, last 1 or 2 frames.

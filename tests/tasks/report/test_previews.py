@@ -17,13 +17,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.report import previews
+from tasks.report import sheet
 from tasks.convert.batch import run_batch
 from tasks.store.items import clip_id_for
 from tasks.annotations.keyframes import KEYFRAME_SCHEMA, expand
-from tasks.report.previews import (GAP, CAPTION_HEIGHT, choose_frames, clip_digest, clip_markdown,
-                            contact_sheet, preview_paths, sheet_size, timeline_plot,
-                            track_color, track_segments, write_previews)
+from tasks.report.previews import clip_digest, clip_markdown, preview_paths, write_previews
+from tasks.report.sheet import CAPTION_HEIGHT, GAP, choose_frames, contact_sheet, sheet_size
+from tasks.report.timeline import timeline_plot, track_color, track_segments
 from tasks.recipe import parse_recipe
 from tasks.store.storage import open_location
 from tests import synth
@@ -73,7 +73,7 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def _tile_origin(i: int, tile_h: int, thumb_width: int = 320) -> tuple[int, int]:
-    r, c = divmod(i, previews.COLUMNS)
+    r, c = divmod(i, sheet.COLUMNS)
     return GAP + c * (thumb_width + GAP), GAP + r * (tile_h + CAPTION_HEIGHT + GAP)
 
 

@@ -13,8 +13,8 @@ from tasks.compact.algorithm import compact_tracks
 from tasks.formats.base import ClipInfo
 from tasks.errors import FormatError
 from tasks.annotations.keyframes import KEYFRAME_SCHEMA, sort_tracks
-from tasks.track.corrections import (MOVED_PX, correct_tracks, diff_review, read_reviewed,
-                                      replay_review, human_frames)
+from tasks.track.corrections import MOVED_PX, correct_tracks, diff_review, replay_review, human_frames
+from tasks.track.review_read import read_reviewed
 from tasks.store.tables import TRACK_SCHEMA
 
 FRAMES = 60
@@ -270,7 +270,7 @@ def test_a_result_with_no_tracks_is_refused():
 
 
 def test_review_file_merges_tasks_and_keeps_its_settings(tmp_path):
-    from tasks.track.corrections import load_review, save_review
+    from tasks.track.review_store import load_review, save_review
     from tasks.store.storage import open_location
 
     out = open_location(str(tmp_path))

@@ -18,12 +18,16 @@ import pytest
 from configs import recipe_path
 from tasks.track.associate import associate
 from tasks.convert.batch import run_batch
-from tasks.detect.stage import detect_clip, state_paths
+from tasks.detect.stage import detect_clip
+from tasks.detect.state import state_paths
 from tasks.store.items import read_items
 from tasks.media.motion import CameraMotion
 from tasks.recipe import AssociateConfig, load_recipe
 from tasks.store.storage import open_location
-from tasks.track.stage import assemble_clip, clip_dir, plan_clip, run_object, track_key
+from tasks.track.chunks import run_object
+from tasks.track.plan import plan_clip
+from tasks.track.state import clip_dir, track_key
+from tasks.track.assemble import assemble_clip
 from tests.mot_scenes import render
 from tests.mot_score import RowsTruth, from_tracks, load_mot_gt, noisy_detections, score
 

@@ -1,4 +1,4 @@
-"""flows/runners.py: the same flows on threads, a local Dask cluster and a local Ray, on the
+"""flows/runtime/: the same flows on threads, a local Dask cluster and a local Ray, on the
 real Prefect engine and the session's one test server.
 
 A tiny pipeline (a top-level flow calling two stage subflows, each with its own
@@ -24,8 +24,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.context import get_run_context
 from prefect.task_runners import ThreadPoolTaskRunner
 
-import flows.runners as runners
-from flows.runners import current_cluster, scaled_out, stage_runner
+from flows.runtime import api, clusters, commands, guard
+from flows.runtime import current_cluster, scaled_out, stage_runner
 from tasks.errors import ConfigError, PipelineError
 from tasks.recipe import Recipe, parse_recipe
 
@@ -183,7 +183,7 @@ def test_stage_runner_threads():
 @pytest.mark.parametrize("kind", ["dask", "ray"])
 def test_stage_runner_outside_scaled_out_is_refused(kind):
     with pytest.raises(PipelineError, match=rf"'{kind}' but no {kind} cluster is running: run "
-                       r"the flow inside `with flows.runners.scaled_out\(recipe\):`"):
+                       r"the flow inside `with flows.runtime.scaled_out\(recipe\):`"):
         stage_runner(_recipe(task_runner=kind), 2)
 
 
@@ -191,13 +191,13 @@ def test_stage_runner_types_inside_a_cluster(monkeypatch):
     from prefect_dask import DaskTaskRunner
     from prefect_ray import RayTaskRunner
 
-    monkeypatch.setattr(runners, "_current", runners.Cluster("dask", "tcp://127.0.0.1:1", None))
+    monkeypatch.setattr(clusters, "_current", clusters.Cluster("dask", "tcp://127.0.0.1:1", None))
     runner = stage_runner(_recipe(task_runner="dask"), 2)
     assert type(runner) is DaskTaskRunner and runner.address == "tcp://127.0.0.1:1"
     assert runner.duplicate() == runner  # what a worker rebuilds from the flow
     with pytest.raises(PipelineError, match="no ray cluster is running"):
         stage_runner(_recipe(task_runner="ray"), 2)
-    monkeypatch.setattr(runners, "_current", runners.Cluster("ray", "127.0.0.1:2", None))
+    monkeypatch.setattr(clusters, "_current", clusters.Cluster("ray", "127.0.0.1:2", None))
     runner = stage_runner(_recipe(task_runner="ray"), 2)
     assert type(runner) is RayTaskRunner and runner.address == "127.0.0.1:2"
 
@@ -251,7 +251,7 @@ def test_dask_cluster_at_address_is_left_running(prefect_harness, thread_result)
 
 
 def test_dask_address_with_no_scheduler_fails_fast(prefect_harness, monkeypatch):
-    monkeypatch.setattr(runners, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(clusters, "CONNECT_TIMEOUT_S", 1)
     recipe = _recipe(task_runner="dask", address="tcp://127.0.0.1:9")
     with pytest.raises(ConfigError, match="run.address: no Dask scheduler at tcp://127.0.0.1:9"):
         with scaled_out(recipe):
@@ -273,7 +273,7 @@ def test_ray_local_cluster(prefect_harness, thread_result):
 
 
 def test_a_different_runner_inside_a_cluster_is_refused(monkeypatch):
-    monkeypatch.setattr(runners, "_current", runners.Cluster("dask", "tcp://127.0.0.1:1", None))
+    monkeypatch.setattr(clusters, "_current", clusters.Cluster("dask", "tcp://127.0.0.1:1", None))
     with pytest.raises(ConfigError, match="already running on a dask cluster"):
         with scaled_out(_recipe(task_runner="ray")):
             pass
@@ -292,13 +292,13 @@ def test_heartbeats_only_where_a_server_outlives_the_run(monkeypatch):
     assert default is not None
     # No configured API: the server is this process's temporary one, gone with it.
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        with runners._heartbeats_where_watched():
+        with commands._heartbeats_where_watched():
             assert heartbeat() is None
         assert heartbeat() == default
     # A configured server: Prefect's setting, the user's included, applies unchanged.
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api",
                                      PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}):
-        with runners._heartbeats_where_watched():
+        with commands._heartbeats_where_watched():
             assert heartbeat() == 45
 
     # A command decides before its cluster starts a temporary server and sets the API URL
@@ -312,9 +312,9 @@ def test_heartbeats_only_where_a_server_outlives_the_run(monkeypatch):
         def with_options(self, task_runner):
             return lambda **parameters: (heartbeat(), parameters)
 
-    monkeypatch.setattr(runners, "scaled_out", cluster_with_its_own_server)
+    monkeypatch.setattr(commands, "scaled_out", cluster_with_its_own_server)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        assert runners.run_command(Flow(), _recipe(), uri="x") == (None, {"uri": "x"})
+        assert commands.run_command(Flow(), _recipe(), uri="x") == (None, {"uri": "x"})
 
 
 # --- trap 1 without a configured API: one temporary server for the run -----------------
@@ -327,7 +327,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_API_URL
 
-from flows.runners import scaled_out, stage_runner
+from flows.runtime import scaled_out, stage_runner
 from tasks.recipe import parse_recipe
 
 
@@ -406,7 +406,7 @@ def test_without_an_api_url_a_running_temporary_server_is_reused(prefect_harness
 
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         assert not PREFECT_API_URL.value()
-        with runners._one_prefect_api(None) as url:
+        with api._one_prefect_api(None) as url:
             assert url == prefect_harness == PREFECT_API_URL.value()
         assert not PREFECT_API_URL.value()
     assert httpx.get(f"{prefect_harness}/health", timeout=5).status_code == 200
@@ -415,7 +415,7 @@ def test_without_an_api_url_a_running_temporary_server_is_reused(prefect_harness
 # --- trap 2: the main-module guard --------------------------------------------------------
 
 UNGUARDED = """
-from flows.runners import scaled_out
+from flows.runtime import scaled_out
 from tasks.recipe import parse_recipe
 
 with scaled_out(parse_recipe({"run": {"task_runner": "dask", "workers": 1}})):
@@ -456,6 +456,6 @@ def test_the_guard_check_reads_the_calling_line(tmp_path):
     main = type(sys)("__main__")
     main.__file__ = str(path)
     seen = []
-    main.probe = lambda: seen.append(runners._called_from_unguarded_main(main))
+    main.probe = lambda: seen.append(guard._called_from_unguarded_main(main))
     exec(compile(path.read_text(), str(path), "exec"), vars(main))
     assert seen == [True, False, False]

@@ -1,0 +1,95 @@
+"""Where a clip's detections are kept (``OUT/_state/detect/<clip id>.json|.parquet``) and
+what the pipeline's look-up asks of them: done for these settings and this WebM
+(`detected_before`, `detect_ledger`), and the clip fields later stages' look-ups read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tasks.store.items import clip_id_for
+from tasks.store.ledger import Ledger, Unit
+
+from tasks.recipe import Recipe
+from tasks.store.storage import Location, open_location
+from tasks.store.tables import read_state_json, read_state_table, readable_parquet
+
+
+STATE_DIR = "_state/detect"
+
+
+def state_paths(out: Location, record: dict[str, Any]) -> tuple[str, str]:
+    clip_id = clip_id_for(record["source_uri"])
+    return out.path(STATE_DIR, f"{clip_id}.json"), out.path(STATE_DIR, f"{clip_id}.parquet")
+
+
+def motion_path(out: Location, record: dict[str, Any]) -> str:
+    """The clip's camera motion (one affine per frame), when the recipe measures it."""
+    return out.path(STATE_DIR, f"{clip_id_for(record['source_uri'])}.motion.parquet")
+
+
+def read_motion(out: Location, record: dict[str, Any]) -> np.ndarray | None:
+    """(frames, 2, 3) affines from `detect_clip`, or None when not measured."""
+    table = read_state_table(out, motion_path(out, record))
+    if table is None:
+        return None
+    return np.column_stack([table[c].to_numpy() for c in _MOTION_COLUMNS]).reshape(-1, 2, 3)
+
+
+_MOTION_COLUMNS = ("a00", "a01", "a02", "a10", "a11", "a12")
+
+
+def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, Any] | None:
+    meta_path, table_path = state_paths(out, record)
+    meta = read_state_json(out, meta_path)
+    if (isinstance(meta, dict) and meta.get("key") == key
+            and meta.get("webm") == webm_identity(record) and readable_parquet(out, table_path)):
+        return meta
+    return None
+
+
+# What the later stages' look-ups read of a clip's record: its place, and its WebM's identity.
+# They see only these (`looked_up`), so a ledger keyed by them cannot miss a change that
+# matters, and other fields (status, timings) changing between runs do not matter.
+LOOK_UP_FIELDS = ("source_uri", "recording", "clip_index", "clip_name", "output_uri",
+                  "output_bytes", "convert_key", "fingerprint")
+
+
+def looked_up(record: dict[str, Any]) -> dict[str, Any]:
+    return {name: record.get(name) for name in LOOK_UP_FIELDS}
+
+
+def detected_before(record: dict[str, Any], out: Location,
+                    recipe: Recipe) -> dict[str, Any] | None:
+    """The clip's detect summary when its detections are done for these settings, else None."""
+    record = looked_up(record)
+    previous = done_before(out, record, recipe.detect_key())
+    if previous is None:
+        return None
+    return {"recording": record["recording"], "clip_index": record["clip_index"],
+            "clip_name": record["clip_name"], **previous, "status": "skipped"}
+
+
+def detected_before_uri(record: dict[str, Any], out_uri: str,
+                        recipe: Recipe) -> dict[str, Any] | None:
+    """`detected_before` as the flow's look-up (no task run for a clip with nothing to do)."""
+    return detected_before(record, open_location(out_uri, recipe.storage), recipe)
+
+
+def detect_ledger(records: list[dict[str, Any]], out_uri: str, recipe: Recipe) -> Ledger:
+    """The `detected_before` answers of ``records`` kept from the last run (`tasks.store.ledger`):
+    each reads the clip's two detect state files."""
+    out = open_location(out_uri, recipe.storage)
+    state, key = out.path(STATE_DIR), recipe.detect_key()
+    return Ledger(out, "detect", [
+        Unit([looked_up(record), key], ((state, state_paths(out, record)[0].removesuffix("json")),))
+        for record in records])
+
+
+def webm_identity(record: dict[str, Any]) -> list:
+    """What identifies the WebM a clip's later stages worked on: a clip converted again (new
+    source bytes or convert settings) is a new WebM, and their earlier work does not apply."""
+    return [record.get("output_uri"), record.get("output_bytes"), record.get("convert_key"),
+            record.get("fingerprint")]
