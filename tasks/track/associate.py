@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from tasks.annotations.boxmath import area, iou_matrix
 from tasks.track.kalman import BoxKalman, warp_boxes
@@ -267,6 +266,7 @@ def _match(tracks: list[_Track], candidates: list[int], rows: np.ndarray, boxes:
     if config.class_aware:
         track_labels = np.array([tracks[i].label for i in candidates])
         cost[track_labels[:, None] != labels[rows][None, :]] = _FORBIDDEN
+    from scipy.optimize import linear_sum_assignment  # 0.4 s to import: only when used
     picked_tracks, picked_rows = linear_sum_assignment(cost)
     return [(candidates[t], int(rows[r])) for t, r in zip(picked_tracks, picked_rows)
             if cost[t, r] < _FORBIDDEN]
