@@ -12,7 +12,7 @@ of the project, e.g. a ``git worktree`` of an older commit), alternating baselin
 checkout in pairs. Measured from the process start: the first export file written (its
 mtime), the first review task (its ``created_at`` in the queue), and the process's end.
 
-    python -m benchmarks.first_review [--clips 12] [--pairs 1] [--baseline PATH]
+    python -m benchmarks.first_review [--clips 12] [--pairs 1] [--baseline PATH] [--api-url URL]
 
 Results are printed and written as JSON to ``benchmarks/_work/first_review.json``.
 """
@@ -47,12 +47,14 @@ def make_recording(folder: Path, clips: int) -> Path:
     return folder
 
 
-def one_run(checkout: Path, data: Path, out: Path) -> dict[str, float]:
+def one_run(checkout: Path, data: Path, out: Path, api_url: str | None) -> dict[str, float]:
     """Seconds from the start of ``preannotate run`` to its first export, first review task
     and end."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(checkout), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     started = time.time()
     done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(data), "--out", str(out),
                            "--config", str(checkout / "configs" / "demo.yaml")],
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
+    parser.add_argument("--api-url", help="a running Prefect server's API (as a deployment "
+                        "runs); without it each run starts its temporary server")
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     data = make_recording(WORK / "data", args.clips)
@@ -80,7 +84,7 @@ def main() -> None:
     for i in range(args.pairs):
         order = list(sides) if i % 2 else list(reversed(sides))
         for name in order:
-            got = one_run(sides[name], data, WORK / f"out-{name}")
+            got = one_run(sides[name], data, WORK / f"out-{name}", args.api_url)
             got["first_review_share"] = got["first_review_s"] / got["total_s"]
             runs[name].append(got)
             print(f"{name:9} first export {got['first_export_s']:6.1f} s, first review task "
@@ -89,7 +93,8 @@ def main() -> None:
                   flush=True)
     summary = {name: {k: statistics.median(r[k] for r in got) for k in got[0]}
                for name, got in runs.items()}
-    result = {"clips": args.clips, "pairs": args.pairs, "runs": runs, "median": summary}
+    result = {"clips": args.clips, "pairs": args.pairs, "api_url": args.api_url, "runs": runs,
+              "median": summary}
     (WORK.parent / "first_review.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(summary, indent=2))
 

@@ -57,6 +57,8 @@ class Lane:
 
 
 class Lanes:
+    """Runs the clips' chains, and each stage of a chain within that stage's `Lane`."""
+
     def __init__(self, job: "Job", chain):
         self.job, self.chain = job, chain  # chain(job, lanes, run): one clip's way
         recipe = job.recipe
