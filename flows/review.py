@@ -149,7 +149,8 @@ def apply_reviews(dataset: str, out: str, config: str | None) -> dict[str, Any]:
 
 def run(args) -> tuple[int, Any]:
     """Do one review action; returns (exit code, JSON-able result)."""
-    from tasks.review.handoff import open_queue, rebuild_reviews, submit_result
+    from tasks.review.handoff import open_queue
+    from tasks.review.results import rebuild_reviews, submit_result
     from tasks.formats.limits import check_size
 
     recipe, _ = _recipe_for(args)

@@ -11,7 +11,8 @@ from flows.review import guess_format
 from tasks.errors import ConfigError
 from tasks.recipe import parse_recipe
 from tasks.review import ReviewQueue
-from tasks.review.handoff import enqueue_reviews, measures, priority, queue_url, task_key
+from tasks.review.handoff import enqueue_reviews, queue_url, task_key
+from tasks.review.priority import measures, priority
 from tasks.store.storage import open_location
 from tasks.store.tables import TRACK_SCHEMA, write_table
 
