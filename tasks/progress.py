@@ -135,10 +135,6 @@ def request_stop(stop: bool = True) -> None:
         _stopping.clear()
 
 
-def stop_requested() -> bool:
-    return _stopping.is_set()
-
-
 def check_stop(what: str) -> None:
     """Raise `Stopped` when the run is stopping (before starting more work)."""
     if _stopping.is_set():
