@@ -49,7 +49,7 @@ from models import registry  # noqa: E402
 from tasks.convert.batch import run_batch  # noqa: E402
 from tasks.media.webm import webm_path  # noqa: E402
 from tasks.media.frames import open_reader  # noqa: E402
-from tasks.store.items import read_items  # noqa: E402
+from tasks.store.items import read_records  # noqa: E402
 from tasks.recipe import load_recipe  # noqa: E402
 from tasks.store.storage import open_location  # noqa: E402
 from tasks.store.tables import read_table  # noqa: E402
@@ -70,9 +70,9 @@ def prepare(args, recipe):
     scene = render_scene(src_dir / "scene.mp4", size=args.size, frames=args.frames)
     run_batch(str(src_dir), str(out_dir), recipe, "convert")
     out = open_location(str(out_dir))
-    (record,) = read_items(out).to_pylist()
-    assert record["status"] == "converted" and record["parity_ok"], record
-    assert record["output_frames"] == scene.frames, (record["output_frames"], scene.frames)
+    (record,) = read_records(out)
+    assert record.status == "converted" and record.parity_ok, record
+    assert record.output_frames == scene.frames, (record.output_frames, scene.frames)
     rows = []
     for track_id, obj in enumerate(scene.ids, start=1):
         visible = np.flatnonzero(scene.visible[obj])
@@ -81,7 +81,7 @@ def prepare(args, recipe):
             frames += [int(f) for f in visible if f > frames[0] and (f - frames[0]) % args.keyframe_every == 0]
         for f in frames:
             x1, y1, x2, y2 = (float(v) for v in scene.boxes[obj][f])
-            rows.append({"recording": record["recording"], "clip_index": record["clip_index"],
+            rows.append({"recording": record.recording, "clip_index": record.clip_index,
                          "track_id": track_id, "frame": f, "label": obj,
                          "x1": x1, "y1": y1, "x2": x2, "y2": y2})
     keyframes = pa.Table.from_pylist(rows, schema=pa.schema([

@@ -39,7 +39,7 @@ from tasks.convert.batch import run_batch  # noqa: E402
 from tasks.detect.stage import detect_clip, make_detector
 from tasks.media.webm import webm_path  # noqa: E402
 from tasks.convert.geometry import fit_within  # noqa: E402
-from tasks.store.items import read_items  # noqa: E402
+from tasks.store.items import read_records  # noqa: E402
 from tasks.recipe import load_recipe  # noqa: E402
 from tasks.store.storage import open_location  # noqa: E402
 
@@ -52,16 +52,16 @@ def converted(loops: int, recipe) -> tuple[dict, object]:
     loop_clip(sample("bikes"), src_dir / "bikes.mp4", loops)
     out_dir = WORK / f"detect_overhead_x{loops}"
     out = open_location(str(out_dir))
-    table = read_items(out) if out_dir.exists() else None
-    if table is None or not table.num_rows:
+    records = read_records(out) if out_dir.exists() else []
+    if not records:
         run_batch(str(src_dir), str(out_dir), recipe, "convert")
-        table = read_items(out)
-    (record,) = table.to_pylist()
-    assert record["status"] in ("converted", "skipped") and record["parity_ok"], record
+        records = read_records(out)
+    (record,) = records
+    assert record.status in ("converted", "skipped") and record.parity_ok, record
     return record, out
 
 
-def pipeline(record: dict, out, recipe) -> tuple[float, int, int]:
+def pipeline(record, out, recipe) -> tuple[float, int, int]:
     """`detect_clip` from scratch (its state removed first); (seconds, frames, boxes)."""
     shutil.rmtree(out.path("_state", "detect"), ignore_errors=True)
     started = time.perf_counter()
@@ -100,9 +100,9 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     record, out = converted(args.loops, recipe)
     path = webm_path(out, record)
-    w, h = record["output_width"], record["output_height"]
+    w, h = record.output_width, record.output_height
     model = fit_within((w, h), recipe.detect.max_side)
-    print(f"input: {record['output_frames']} frames {w}x{h} WebM; detector "
+    print(f"input: {record.output_frames} frames {w}x{h} WebM; detector "
           f"{recipe.detect.backend} at {model[0]}x{model[1]}, batch {recipe.detect.batch_size}",
           flush=True)
 

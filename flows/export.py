@@ -35,7 +35,7 @@ def export_flow(uri: str, out: str, config: str | None = None, formats: list[str
         records = [r for r in converted_records(out, recipe) if is_converted(r)]
         job = Job(uri, out, recipe, config=config, formats=formats, spans=spans)
         return {"compact": compacted, **export_all(job, records, [
-            kept.get((r["recording"], int(r["clip_index"]))) for r in records])}
+            kept.get((r.recording, int(r.clip_index))) for r in records])}
 
 
 def check_review_queue(recipe, out: str) -> None:

@@ -19,6 +19,7 @@ from flows.runtime import gather, stage_limit, submit_unless_found
 from tasks import progress
 from tasks.detect.stage import converted_records
 from tasks.store.items import is_converted
+from tasks.store.record import ClipRecord
 from tasks.export.stage import exported_before_uri
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def finish_recording(job: "Job", runs: list["ClipRun"]) -> dict[str, Any]:
     ready = [rec for rec in items if is_converted(rec)]
     if watching:
         watching.expect("detect", [])
-    detected = [by_uri[rec["source_uri"]].detected for rec in ready]
+    detected = [by_uri[rec.source_uri].detected for rec in ready]
     summaries = [d for d in detected if d is not None]
     summary["detect"] = {
         "clips": len(ready), "detected": sum(s["status"] == "detected" for s in summaries),
@@ -55,7 +56,7 @@ def finish_recording(job: "Job", runs: list["ClipRun"]) -> dict[str, Any]:
         return summary
     if watching:
         watching.expect("track", [])
-    finished = [by_uri[rec["source_uri"]].tracked for rec in ready]
+    finished = [by_uri[rec.source_uri].tracked for rec in ready]
     finished = [f for f in finished if f is not None]
     tracks = [f["tracks"] for f in finished]
     summary["track"] = {
@@ -68,7 +69,7 @@ def finish_recording(job: "Job", runs: list["ClipRun"]) -> dict[str, Any]:
                             if f["review"] is not None and f["review"]["status"] == "applied"]}
     if not job.reaches("compact"):
         return summary
-    tracked = [by_uri[rec["source_uri"]] for rec in ready if by_uri[rec["source_uri"]].tracked]
+    tracked = [by_uri[rec.source_uri] for rec in ready if by_uri[rec.source_uri].tracked]
     summary["compact"] = {**units.merge_keyframes(
         job.out, job.recipe, quote([r.compacted for r in tracked if r.compacted]), quote(items),
         job.max_error_px, job.min_iou), "failed": [f for r in runs for f in r.failed["compact"]]}
@@ -79,7 +80,7 @@ def finish_recording(job: "Job", runs: list["ClipRun"]) -> dict[str, Any]:
                                     done)}
 
 
-def export_all(job: "Job", records: list[dict[str, Any]],
+def export_all(job: "Job", records: list[ClipRecord],
                compacted: list[dict[str, Any] | None],
                runs: list["ClipRun"] | None = None) -> dict[str, Any]:
     """Spans to frame labels (given a spans file), the exports the clips' chains did not
@@ -96,7 +97,7 @@ def export_all(job: "Job", records: list[dict[str, Any]],
     watching = progress.current()
     if watching:
         watching.expect("compact", [])
-        watching.expect("export", [r["source_uri"] for r in records])
+        watching.expect("export", [r.source_uri for r in records])
     calls = [(r, out, recipe, formats, c, labels) for r, c in zip(records, compacted)]
     futures = submit_unless_found(units.export_clip, calls,
                                   stage_limit(recipe, recipe.run.max_parallel_clips),
@@ -106,8 +107,8 @@ def export_all(job: "Job", records: list[dict[str, Any]],
 
     def export_failed(unit, e: BaseException) -> None:
         record = unit[0]
-        logger.error("export %s failed: %s", record["output_uri"], e)
-        failed.append({"clip": record["output_uri"], "error": f"{type(e).__name__}: {e}"})
+        logger.error("export %s failed: %s", record.output_uri, e)
+        failed.append({"clip": record.output_uri, "error": f"{type(e).__name__}: {e}"})
 
     clips = []
     for (record, run), clip in gather(list(zip(records, runs)), futures, export_failed):
@@ -115,7 +116,7 @@ def export_all(job: "Job", records: list[dict[str, Any]],
             clip = {**clip, "written": sorted({*clip["written"], *run.exported["written"]})}
         clips.append(clip)
         if watching:
-            watching.finish("export", record["source_uri"])
+            watching.finish("export", record.source_uri)
     files = units.finish_exports(out, recipe, formats, quote(clips))
     review = None
     if recipe.review.enqueue:
@@ -127,7 +128,7 @@ def export_all(job: "Job", records: list[dict[str, Any]],
         sum(len(v) for v in files.values()), "combined": files}}
 
 
-def _reviews(job: "Job", records: list[dict[str, Any]], runs: list, clips: list[dict[str, Any]],
+def _reviews(job: "Job", records: list[ClipRecord], runs: list, clips: list[dict[str, Any]],
              failed: list[dict[str, str]]) -> dict[str, Any] | None:
     """The review summary: the chains' tasks, and one task enqueueing those of the exported
     clips no chain enqueued (a tracks table's clips)."""
@@ -137,7 +138,7 @@ def _reviews(job: "Job", records: list[dict[str, Any]], runs: list, clips: list[
     exported = {(c["recording"], int(c["clip_index"])) for c in clips}
     parts, leftover = [], []
     for record, run in zip(records, runs):
-        where = (record["recording"], int(record["clip_index"]))
+        where = (record.recording, int(record.clip_index))
         if run is not None and run.failed["review"]:
             failed.extend(run.failed["review"])
         elif run is not None and run.reviewed is not None:
@@ -148,7 +149,7 @@ def _reviews(job: "Job", records: list[dict[str, Any]], runs: list, clips: list[
         try:
             batch = units.enqueue_review(job.out, recipe, quote(leftover), quote(
                 [c for c in clips if (c["recording"], int(c["clip_index"])) in
-                 {(r["recording"], int(r["clip_index"])) for r in leftover}]), job.uri,
+                 {(r.recording, int(r.clip_index)) for r in leftover}]), job.uri,
                 os.path.abspath(job.config) if job.config else None)
             parts.extend(((rec, int(i)), {"tasks": n, "new": 0}) for rec, i, n in
                          batch.get("per_clip", []))

@@ -111,7 +111,7 @@ class Lanes:
             try:
                 answer = self._call(lane or stage, run, task, *args)
             except Exception as e:
-                self._failed(run, stage, f"{stage} {run.record['output_uri']}", e)
+                self._failed(run, stage, f"{stage} {run.record.output_uri}", e)
                 return None
         if self.watching and stage != "review":
             self.watching.finish(stage, run.uri)
@@ -119,7 +119,7 @@ class Lanes:
 
     def _failed(self, run: "ClipRun", stage: str, what: str, e: BaseException) -> None:
         self.logger.error("%s failed: %s", what, e)
-        entry = {"unit": what, "clip": run.record["output_uri"],
+        entry = {"unit": what, "clip": run.record.output_uri,
                  "error": f"{type(e).__name__}: {e}"}
         if stage in ("detect", "export"):
             entry.pop("unit")
@@ -180,7 +180,7 @@ class Lanes:
                           os.path.abspath(job.config) if job.config else None, job.track_key)
 
     def _track(self, run: "ClipRun") -> dict[str, Any] | None:
-        job, record, uri = self.job, run.record, run.record["output_uri"]
+        job, record, uri = self.job, run.record, run.record.output_uri
         try:
             plan = self._call("plan", run, units.plan_clip, record, job.out, job.recipe,
                               job.keyframes, job.track_key)

@@ -18,6 +18,7 @@ from tasks.track.stage import track_ledger, tracked_before_uri
 
 if TYPE_CHECKING:
     from flows.run import ClipRun, Job
+    from tasks.store.record import ClipRecord
 
 
 def look_ahead(job: "Job", runs: list["ClipRun"]) -> None:
@@ -87,7 +88,7 @@ def _reviews_known(job: "Job", runs: list["ClipRun"]) -> list[dict[str, Any] | N
             for mine in keys]
 
 
-def settle_ledgers(job: "Job", runs: list["ClipRun"], items: list[dict[str, Any]]) -> None:
+def settle_ledgers(job: "Job", runs: list["ClipRun"], items: list["ClipRecord"]) -> None:
     """Keep every done unit's answer for the next run (`tasks.store.ledger.Ledger.settle`): units
     found done keep theirs, the others are looked up once more."""
     recipe, out = job.recipe, job.out
@@ -99,8 +100,8 @@ def settle_ledgers(job: "Job", runs: list["ClipRun"], items: list[dict[str, Any]
     for stage, done, ledger, extra in _clip_stages(job):
         if not job.reaches(stage):
             return
-        ready = [rec for rec in ready if by_uri[rec["source_uri"]].done(stage)]
+        ready = [rec for rec in ready if by_uri[rec.source_uri].done(stage)]
         ledger(ready, out, recipe, *extra).settle(
-            [by_uri[rec["source_uri"]].found.get(stage) for rec in ready],
+            [by_uri[rec.source_uri].found.get(stage) for rec in ready],
             lambda i, ready=ready, done=done, extra=extra: done(ready[i], out, recipe, *extra))
 

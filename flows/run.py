@@ -31,6 +31,7 @@ from flows.lanes import Lanes
 from flows.look_ahead import look_ahead
 from flows.runtime import flow_runner, gather, one_writer, run_command, scaled_out, \
     stage_limit, stage_runner, submit_bounded
+from tasks.store.record import ClipRecord
 from tasks import progress
 from tasks.store.items import is_converted
 from tasks.export.stage import WHOLE_RUN_FORMATS, parse_formats
@@ -82,7 +83,7 @@ class ClipRun:
     source: ClipSource
     order: int  # its place in the listing: lanes serve earlier clips first
     found: dict[str, Any] = field(default_factory=dict)  # answers known before any task
-    record: dict[str, Any] | None = None  # convert: the clip's record (its items row)
+    record: ClipRecord | None = None  # convert: the clip's record (its items row)
     detected: dict[str, Any] | None = None  # detect: its summary
     tracked: dict[str, Any] | None = None  # track: {"tracks", "review", "review_error"}
     compacted: dict[str, Any] | None = None  # compact: where its keyframes are kept

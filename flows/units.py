@@ -38,19 +38,19 @@ _io = dict(retries=3, retry_delay_seconds=[1, 5, 20], retry_condition_fn=_storag
 
 # Per clip (object), in the order a clip meets them.
 process_clip = task(process_clip_uris, name="clip", task_run_name="{mode} {clip.clip_name}", **_io)
-detect_clip = task(detect_clip_uri, name="detect", task_run_name="detect {record[clip_name]}", **_io)
-plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record[clip_name]}", **_io)
+detect_clip = task(detect_clip_uri, name="detect", task_run_name="detect {record.clip_name}", **_io)
+plan_clip = task(plan_clip_uri, name="plan-objects", task_run_name="plan {record.clip_name}", **_io)
 run_object = task(run_object_uri, name="track-object",
-                  task_run_name="track {record[clip_name]} #{track_id}", **_io)
+                  task_run_name="track {record.clip_name} #{track_id}", **_io)
 # The clip's tracks table, then its reviewer's corrections (a no-op without a review).
 finish_clip = task(finish_clip_uri, name="clip-tracks",
-                   task_run_name="tracks table + review {record[clip_name]}", **_io)
+                   task_run_name="tracks table + review {record.clip_name}", **_io)
 compact_clip = task(compact_clip_uri, name="compact-clip",
-                    task_run_name="compact {record[clip_name]}", **_io)
+                    task_run_name="compact {record.clip_name}", **_io)
 export_clip = task(export_clip_uri, name="export-clip",
-                   task_run_name="export {record[clip_name]}", **_io)
+                   task_run_name="export {record.clip_name}", **_io)
 enqueue_clip_review = task(enqueue_clip_reviews, name="enqueue-clip-review",
-                           task_run_name="review task {record[clip_name]}", **_io)
+                           task_run_name="review task {record.clip_name}", **_io)
 clip_preview = task(clip_preview_uri, name="clip-previews",
                     task_run_name="previews {row[clip]}", **_io)
 

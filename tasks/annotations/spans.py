@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from tasks.store.record import ClipRecord
 from tasks.errors import SpanError
 from tasks.media.frames import Timeline
 from tasks.labels import SEPARATOR, LabelTree, load_label_tree
@@ -192,7 +193,7 @@ def _micros(seconds: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(seconds, dtype=np.float64) * _US).astype(np.int64)
 
 
-def frame_labels(spans: pa.Table, records: Sequence[Mapping[str, Any]],
+def frame_labels(spans: pa.Table, records: Sequence[ClipRecord],
                  timelines: Mapping[tuple[str, int], Timeline]) -> pa.Table:
     """One row per (frame, label) for every frame whose recording time is in a span.
 
@@ -202,20 +203,20 @@ def frame_labels(spans: pa.Table, records: Sequence[Mapping[str, Any]],
     recording that no record has is a `SpanError` (a typo would otherwise label nothing).
     """
     recordings = np.asarray(spans["recording"].to_pylist(), dtype=object)
-    unknown = sorted(set(recordings.tolist()) - {r["recording"] for r in records})
+    unknown = sorted(set(recordings.tolist()) - {r.recording for r in records})
     if unknown:
         rows = np.flatnonzero(np.isin(recordings, unknown))[:10] + 1
         raise SpanError(f"span row(s) {', '.join(map(str, rows))} name recording(s) "
                         f"{', '.join(map(repr, unknown))} that the items table does not list "
-                        f"(known: {', '.join(sorted({r['recording'] for r in records})[:20])})")
+                        f"(known: {', '.join(sorted({r.recording for r in records})[:20])})")
     starts, ends = _micros(spans["start_s"].to_numpy()), _micros(spans["end_s"].to_numpy())
     names, codes = np.unique(np.asarray(spans["label"].to_pylist(), dtype=object),
                              return_inverse=True)
-    clips = sorted(records, key=lambda r: (r["recording"], r["clip_index"]))
+    clips = sorted(records, key=lambda r: (r.recording, r.clip_index))
     parts = []
     for k, record in enumerate(clips):
-        timeline = timelines.get((record["recording"], record["clip_index"]))
-        mine = np.flatnonzero(recordings == record["recording"])
+        timeline = timelines.get((record.recording, record.clip_index))
+        mine = np.flatnonzero(recordings == record.recording)
         if timeline is None or not len(timeline) or not mine.size:
             continue
         at = _recording_micros(record, timeline)
@@ -237,10 +238,10 @@ def frame_labels(spans: pa.Table, records: Sequence[Mapping[str, Any]],
     first = np.ones(clip.size, dtype=bool)  # one row per (clip, frame, label): the first span
     first[1:] = (np.diff(clip) != 0) | (np.diff(frame) != 0) | (np.diff(codes[span]) != 0)
     clip, frame, span, seconds, at = (a[first] for a in (clip, frame, span, seconds, at))
-    first_frame = np.array([int(r.get("global_first_frame") or 0) for r in clips], np.int64)
+    first_frame = np.array([int(r.global_first_frame or 0) for r in clips], np.int64)
     return pa.table({
-        "recording": pa.array([r["recording"] for r in clips], pa.string()).take(clip),
-        "clip_index": np.array([r["clip_index"] for r in clips], np.int32)[clip],
+        "recording": pa.array([r.recording for r in clips], pa.string()).take(clip),
+        "clip_index": np.array([r.clip_index for r in clips], np.int32)[clip],
         "frame": frame.astype(np.int64), "global_frame": first_frame[clip] + frame,
         "time_s": seconds, "recording_time_s": at / _US,
         "label": pa.array(names.tolist(), pa.string()).take(codes[span]),
@@ -248,11 +249,11 @@ def frame_labels(spans: pa.Table, records: Sequence[Mapping[str, Any]],
     }, schema=FRAME_LABEL_SCHEMA)
 
 
-def _recording_micros(record: Mapping[str, Any], timeline: Timeline) -> np.ndarray:
+def _recording_micros(record: ClipRecord, timeline: Timeline) -> np.ndarray:
     """Each frame's time in the recording, in whole microseconds."""
-    start = record.get("recording_start_s")
+    start = record.recording_start_s
     if start is None:
-        raise ValueError(f"{record['recording']} clip {record['clip_index']}: no "
+        raise ValueError(f"{record.recording} clip {record.clip_index}: no "
                          f"recording_start_s (items rows get it from assign_timeline)")
     tb = timeline.time_base
     ticks = (timeline.pts - timeline.pts[0]).astype(np.float64)
@@ -265,27 +266,26 @@ def frame_labels_uri(out_uri: str, recipe: Recipe, spans_uri: str,
     """Spans file -> ``OUT/spans.parquet`` and ``OUT/frame_labels.parquet`` (each atomic);
     labels from ``labels_path`` or else the recipe's labels file. Returns a summary."""
     from tasks.store.items import is_converted
-    from tasks.store.items import ITEMS_FILE, read_items
+    from tasks.store.items import ITEMS_FILE, read_records
     from tasks.media.webm import open_webm
     from tasks.store.storage import open_location
 
     labels_path = labels_path or recipe.labels.file
     spans = load_spans(spans_uri, load_label_tree(labels_path) if labels_path else None)
     out = open_location(out_uri, recipe.storage)
-    items = read_items(out)
-    if items is None:
+    records = read_records(out)
+    if not records:
         raise SpanError(f"{out.url(out.path(ITEMS_FILE))} not found: convert the dataset first")
-    records = items.to_pylist()
     wanted = set(spans["recording"].to_pylist())
     timelines, unconverted = {}, []
     for record in records:
-        if record["recording"] not in wanted:
+        if record.recording not in wanted:
             continue
         if not is_converted(record):
-            unconverted.append(f"{record['recording']}/{record['clip_name']}")
+            unconverted.append(f"{record.recording}/{record.clip_name}")
             continue
         with open_webm(out, record) as reader:  # demuxed only: no frame is decoded
-            timelines[(record["recording"], record["clip_index"])] = reader.timeline
+            timelines[(record.recording, record.clip_index)] = reader.timeline
     table = frame_labels(spans, records, timelines)
     spans_path, labels_out = out.path(SPANS_FILE), out.path(FRAME_LABELS_FILE)
     write_table(out, spans_path, spans)

@@ -18,9 +18,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.store import merged
 from tasks.compact.algorithm import compact_tracks, tolerance, verify
-from tasks.detect.state import looked_up
+from tasks.detect.state import look_up_identity
 from tasks.errors import ConfigError, PipelineError
 from tasks.store.items import clip_id_for
 from tasks.annotations.keyframes import KEYFRAME_SCHEMA
@@ -45,7 +46,7 @@ def tolerance_of(recipe: Recipe, max_error_px: float | None,
     return max_error_px, min_iou
 
 
-def _dense_rows(out: Location, record: dict[str, Any], key: str) -> pa.Table | None:
+def _dense_rows(out: Location, record: ClipRecord, key: str) -> pa.Table | None:
     """The clip's tracks as the merged tracks table holds them, with clip frames only."""
     from tasks.track.assemble import clip_tracks
 
@@ -55,15 +56,15 @@ def _dense_rows(out: Location, record: dict[str, Any], key: str) -> pa.Table | N
     return concat([with_global_frame(with_attributes(table), 0)], TRACKS_FILE_SCHEMA)
 
 
-def _name(record: dict[str, Any], rows: pa.Table, tol: tuple) -> str:
+def _name(record: ClipRecord, rows: pa.Table, tol: tuple) -> str:
     digest = table_digest(rows, *tol, COMPACT_VERSION)
-    return f"{clip_id_for(record['source_uri'])}.{digest}.parquet"
+    return f"{clip_id_for(record.source_uri)}.{digest}.parquet"
 
 
-def _summary(record: dict[str, Any], name: str, rows: pa.Table, keyframes: pa.Table,
+def _summary(record: ClipRecord, name: str, rows: pa.Table, keyframes: pa.Table,
              computed: bool, seconds: float) -> dict[str, Any]:
     """What the export and review of the clip need to know of its keyframes."""
-    return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
+    return {"recording": record.recording, "clip_index": int(record.clip_index),
             "keyframes_file": name, "keyframes": keyframes.num_rows,
             "track_ids": sorted(set(keyframes["track_id"].to_pylist())),
             "labels": sorted(set(keyframes["label"].to_pylist())), "input_rows": rows.num_rows,
@@ -71,17 +72,17 @@ def _summary(record: dict[str, Any], name: str, rows: pa.Table, keyframes: pa.Ta
             "computed": computed, "seconds": round(seconds, 3)}
 
 
-def compact_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
+def compact_clip(record: ClipRecord, out: Location, recipe: Recipe, key: str,
                  max_error_px: float | None = None, min_iou: float | None = None) -> dict[str, Any]:
     """The clip's keyframes, computed (and re-checked frame by frame: a failure there is a
     bug and raises) unless kept from an earlier run."""
     tol = tolerance_of(recipe, max_error_px, min_iou)
     rows = _dense_rows(out, record, key)
     if rows is None:
-        raise PipelineError(f"{record['output_uri']} has no tracks table yet: track it first")
+        raise PipelineError(f"{record.output_uri} has no tracks table yet: track it first")
     name = _name(record, rows, tol)
     started = time.perf_counter()
-    keyframes, computed = _kept_or_computed(out, name, rows, tol, record["output_uri"])
+    keyframes, computed = _kept_or_computed(out, name, rows, tol, record.output_uri)
     return _summary(record, name, rows, keyframes, computed, time.perf_counter() - started)
 
 
@@ -101,7 +102,7 @@ def _kept_or_computed(out: Location, name: str, rows: pa.Table, tol: tuple,
     return keyframes, True
 
 
-def compacted_before(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
+def compacted_before(record: ClipRecord, out: Location, recipe: Recipe, key: str,
                      max_error_px: float | None = None,
                      min_iou: float | None = None) -> dict[str, Any] | None:
     """`compact_clip`'s summary when the clip's keyframes are kept for its current tracks and
@@ -117,7 +118,7 @@ def compacted_before(record: dict[str, Any], out: Location, recipe: Recipe, key:
     return _summary(record, name, rows, keyframes, False, 0.0)
 
 
-def compact_ledger(records: list[dict[str, Any]], out: Location, recipe: Recipe, key: str,
+def compact_ledger(records: list[ClipRecord], out: Location, recipe: Recipe, key: str,
                    max_error_px: float | None = None, min_iou: float | None = None) -> Ledger:
     """The `compacted_before` answers kept from the last run (`tasks.store.ledger`): each reads the
     clip's tracking state, its review and its kept keyframes."""
@@ -127,20 +128,20 @@ def compact_ledger(records: list[dict[str, Any]], out: Location, recipe: Recipe,
     tol = tolerance_of(recipe, max_error_px, min_iou)
     state, reviews, kept = out.path(STATE_DIR), out.path(REVIEW_DIR), out.path(CACHE_DIR)
     return Ledger(out, "compact", [
-        Unit([looked_up(record), key, tol, COMPACT_VERSION], (
+        Unit([look_up_identity(record), key, tol, COMPACT_VERSION], (
             (state, clip_dir(out, record, key) + "/"), (reviews, review_path(out, record)),
-            (kept, out.path(CACHE_DIR, clip_id_for(record["source_uri"]) + "."))))
+            (kept, out.path(CACHE_DIR, clip_id_for(record.source_uri) + "."))))
         for record in records])
 
 
 def merge_keyframes(out: Location, recipe: Recipe, summaries: list[dict[str, Any]],
-                    records: list[dict[str, Any]], max_error_px: float | None = None,
+                    records: list[ClipRecord], max_error_px: float | None = None,
                     min_iou: float | None = None) -> dict[str, Any]:
     """``OUT/keyframes.parquet`` from the clips' kept keyframes (``summaries`` of
     `compact_clip`), in recording order with global frames from the items ``records``;
     rewritten only when they changed. Kept keyframes no clip uses any more are removed."""
     tol = tolerance_of(recipe, max_error_px, min_iou)
-    offsets = {(r["recording"], int(r["clip_index"])): int(r.get("global_first_frame") or 0)
+    offsets = {(r.recording, int(r.clip_index)): int(r.global_first_frame or 0)
                for r in records}
     ordered = sorted(summaries, key=lambda s: (s["recording"], s["clip_index"]))
     _drop_unused(out, {s["keyframes_file"] for s in ordered})
@@ -226,7 +227,7 @@ def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | Non
         kept = f"{table_digest(rows, *tol, COMPACT_VERSION)}.parquet"
         keyframes, computed = _kept_or_computed(out, kept, rows, tol,
                                                 f"{recording} clip {index}")
-        where = {"recording": recording, "clip_index": index, "source_uri": ""}
+        where = ClipRecord(recording=recording, clip_index=index, source_uri="")
         clips.append(_summary(where, kept, rows, keyframes, computed,
                               time.perf_counter() - started))
         parts.append(keyframes)
@@ -239,26 +240,26 @@ def compact_uri(tracks_uri: str, out_uri: str, recipe, max_error_px: float | Non
 
 # --- URI entry points (what a Prefect task calls: small, picklable arguments) ----------------
 
-def compact_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe, key: str,
+def compact_clip_uri(record: ClipRecord, out_uri: str, recipe: Recipe, key: str,
                      max_error_px: float | None = None, min_iou: float | None = None):
     return compact_clip(record, open_location(out_uri, recipe.storage), recipe, key,
                         max_error_px, min_iou)
 
 
-def compacted_before_uri(record: dict[str, Any], out_uri: str, recipe: Recipe, key: str,
+def compacted_before_uri(record: ClipRecord, out_uri: str, recipe: Recipe, key: str,
                          max_error_px: float | None = None, min_iou: float | None = None):
     return compacted_before(record, open_location(out_uri, recipe.storage), recipe, key,
                             max_error_px, min_iou)
 
 
-def compact_ledger_uri(records: list[dict[str, Any]], out_uri: str, recipe: Recipe, key: str,
+def compact_ledger_uri(records: list[ClipRecord], out_uri: str, recipe: Recipe, key: str,
                        max_error_px: float | None = None, min_iou: float | None = None) -> Ledger:
     return compact_ledger(records, open_location(out_uri, recipe.storage), recipe, key,
                           max_error_px, min_iou)
 
 
 def merge_keyframes_uri(out_uri: str, recipe: Recipe, summaries: list[dict[str, Any]],
-                        records: list[dict[str, Any]], max_error_px: float | None = None,
+                        records: list[ClipRecord], max_error_px: float | None = None,
                         min_iou: float | None = None) -> dict[str, Any]:
     return merge_keyframes(open_location(out_uri, recipe.storage), recipe, summaries, records,
                            max_error_px, min_iou)

@@ -12,6 +12,7 @@ from typing import Any
 
 from tasks.convert.clip import Mode, clean_work_dir, process_clip
 from tasks.convert.listing import ClipSource, plan_clips
+from tasks.store.record import ClipRecord
 from tasks.store.items import IGNORED_FILE, assign_timeline, read_ignored, write_ignored, write_items
 from tasks.recipe import Recipe
 from tasks.store.storage import Location, open_location, redact
@@ -72,30 +73,28 @@ def plan_batch(src_uri: str, out_uri: str, recipe: Recipe) -> list[ClipSource]:
     return clips
 
 
-def failed_record(clip: ClipSource, error: BaseException) -> dict[str, Any]:
+def failed_record(clip: ClipSource, error: BaseException) -> ClipRecord:
     """Row for a clip whose task failed for good (storage down, a full disk, a bug): status
     ``failed``, never ``blocked`` (a verdict on the media), and not recorded as done, so the
     next run tries it again."""
     from tasks.errors import StorageError
-    from tasks.store.items import empty_record
 
     reason = "storage_error" if isinstance(error, StorageError) else "internal_error"
-    return {**empty_record(), "source_uri": clip.source_uri, "recording": clip.recording,
-            "clip_name": clip.clip_name, "clip_index": clip.clip_index,
-            "source_size": clip.size, "source_version": clip.version, "status": "failed",
-            "reason": reason, "detail": redact(f"{type(error).__name__}: {error}")[:500]}
+    return ClipRecord(source_uri=clip.source_uri, recording=clip.recording,
+                      clip_name=clip.clip_name, clip_index=clip.clip_index,
+                      source_size=clip.size, source_version=clip.version, status="failed",
+                      reason=reason, detail=redact(f"{type(error).__name__}: {error}")[:500])
 
 
-def finish_batch(out_uri: str, recipe: Recipe, records: list[dict[str, Any]]) -> BatchSummary:
+def finish_batch(out_uri: str, recipe: Recipe, records: list[ClipRecord]) -> BatchSummary:
     out = open_location(out_uri, recipe.storage)
-    if any(r.get("status") != "skipped" for r in records):
+    if any(r.status != "skipped" for r in records):
         clean_work_dir(out)  # what this run's failed clips left (a walk of every file in OUT)
-    rows = [dict(r) for r in records]
-    assign_timeline(rows)
+    rows = assign_timeline(records)
     path = write_items(out, rows)
-    counts = Counter(r["status"] for r in rows)
-    reasons = Counter(r["reason"] if r["status"] == "blocked" else f"failed:{r['reason']}"
-                      for r in rows if r["status"] in ("blocked", "failed"))
+    counts = Counter(r.status for r in rows)
+    reasons = Counter(r.reason if r.status == "blocked" else f"failed:{r.reason}"
+                      for r in rows if r.status in ("blocked", "failed"))
     ignored = Counter(read_ignored(out))
     return BatchSummary(items_uri=out.url(path), total=len(rows), counts=dict(counts),
                         reasons=dict(reasons), ignored=dict(ignored))

@@ -1,7 +1,7 @@
 """One clip's unit of work: skip it, ingest it (probe) or convert it (transcode + parity).
 
 Plain functions over URIs and a recipe, so a Prefect task (or a test) calls them with
-small arguments and gets back one JSON-able record: the clip's row of the items table.
+small arguments and gets back one `ClipRecord`: the clip's row of the items table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from tasks.errors import Blocked, BlockedWithProbe, Reason, StorageError
 from tasks.store.fingerprint import HashingReader
 from tasks.convert.geometry import plan_geometry
 from tasks.convert.listing import ClipSource
-from tasks.store.items import STATE_DIR, empty_record, load_record, save_record, state_path
+from tasks.store.items import STATE_DIR, load_record, save_record, state_path
+from tasks.store.record import ClipRecord
 from tasks.store.ledger import Ledger, Unit
 from tasks.media.probe import StreamProbe, choose_video_stream, count_by_demux, open_media, probe_streams
 from tasks.recipe import Recipe
@@ -38,12 +39,12 @@ TMP_DIR = ".tmp"
 
 
 def process_clip(clip: ClipSource, src: Location, out: Location, recipe: Recipe,
-                 mode: Mode) -> dict[str, Any]:
+                 mode: Mode) -> ClipRecord:
     """Return the clip's record for this run, doing only the work that is not done yet."""
     reused = reused_record(clip, out, recipe, mode)
     if reused is not None:
         return reused
-    record = _base_record(clip)
+    record = _identity(clip)  # filled as the work goes, typed once it is done
     with _opened(src, clip) as reader:
         try:
             if mode == "ingest":
@@ -60,26 +61,27 @@ def process_clip(clip: ClipSource, src: Location, out: Location, recipe: Recipe,
         record["fingerprint"] = _fingerprint(reader, src, clip)
     if mode == "convert":
         record["convert_key"] = recipe.convert_key()
-    save_record(out, clip.clip_id, record)
-    log.info("%s: %s%s", clip.source_uri, record["status"],
-             f" ({record['reason']}: {record['detail']})" if record["reason"] else "")
-    return record
+    done = ClipRecord(**record)
+    save_record(out, clip.clip_id, done)
+    log.info("%s: %s%s", clip.source_uri, done.status,
+             f" ({done.reason}: {done.detail})" if done.reason else "")
+    return done
 
 
 def reused_record(clip: ClipSource, out: Location, recipe: Recipe,
-                  mode: Mode) -> dict[str, Any] | None:
+                  mode: Mode) -> ClipRecord | None:
     """The clip's record for this run when its earlier work still holds, read from its state
     record without opening the source; None when there is work to do."""
     previous = load_record(out, clip.clip_id)
     reused = _reuse(previous, clip, out, recipe, mode)
-    if reused is not None and reused.get("output_version") != previous.get("output_version"):
+    if reused is not None and reused.output_version != previous.output_version:
         # Same bytes under a new token (checked by hash): remember it, hash once only.
-        save_record(out, clip.clip_id, {**previous, "output_version": reused["output_version"]})
+        save_record(out, clip.clip_id, previous.replace(output_version=reused.output_version))
     return reused
 
 
 def reused_record_uri(clip: ClipSource, src_uri: str, out_uri: str, recipe: Recipe,
-                      mode: Mode) -> dict[str, Any] | None:
+                      mode: Mode) -> ClipRecord | None:
     """`reused_record` with the arguments of `process_clip_uris` (the flow's look-up)."""
     return reused_record(clip, open_location(out_uri, recipe.storage), recipe, mode)
 
@@ -94,29 +96,30 @@ def convert_ledger(clips: list[ClipSource], out_uri: str, recipe: Recipe, mode: 
         webm = out.path(clip.output_relpath)
         units.append(Unit([dataclasses.asdict(clip), key, mode],
                           ((state, state_path(out, clip.clip_id)), (posixpath.dirname(webm), webm))))
-    return Ledger(out, mode, units)
+    return Ledger(out, mode, units, ClipRecord.as_dict, ClipRecord.from_dict)
 
 
-def _reuse(previous, clip: ClipSource, out: Location, recipe: Recipe, mode: Mode):
+def _reuse(previous: ClipRecord | None, clip: ClipSource, out: Location, recipe: Recipe,
+           mode: Mode) -> ClipRecord | None:
     """The previous record when the clip is unchanged and its work is still valid."""
-    if not previous or previous.get("source_version") != clip.version \
-            or previous.get("source_size") != clip.size:
+    if not previous or previous.source_version != clip.version \
+            or previous.source_size != clip.size:
         return None
-    record = {**previous, **_identity(clip)}
+    record = previous.replace(**_identity(clip))
     if mode == "ingest":
-        if previous["status"] == "blocked":
+        if previous.status == "blocked":
             return record
-        return {**record, "status": "skipped", "detail": "unchanged since it was last ingested"}
-    if previous.get("convert_key") != recipe.convert_key():
+        return record.replace(status="skipped", detail="unchanged since it was last ingested")
+    if previous.convert_key != recipe.convert_key():
         return None  # converted with other settings (or only ingested): redo
-    if previous["status"] == "blocked":
+    if previous.status == "blocked":
         return record
-    if previous.get("parity_ok") and previous.get("output_uri"):
+    if previous.parity_ok and previous.output_uri:
         return _kept_webm(record, out, out.path(clip.output_relpath))
     return None
 
 
-def _kept_webm(record: dict[str, Any], out: Location, path: str) -> dict[str, Any] | None:
+def _kept_webm(record: ClipRecord, out: Location, path: str) -> ClipRecord | None:
     """The record as skipped when the WebM is still the one converted, else None (redo).
 
     Identity: size and the store's version token, then content. An unchanged token (same
@@ -125,14 +128,14 @@ def _kept_webm(record: dict[str, Any], out: Location, path: str) -> dict[str, An
     the same size (a copy, a restore, or bytes overwritten in place) is settled by hashing
     the WebM against the digest taken when it was written."""
     found = object_version(out, path)
-    if found is None or found[0] != record.get("output_bytes"):
+    if found is None or found[0] != record.output_bytes:
         return None
-    kept = {**record, "status": "skipped", "reason": None,
-            "detail": "unchanged since it was converted; WebM kept"}
-    if found[1] == record.get("output_version"):
+    kept = record.replace(status="skipped", reason=None,
+                          detail="unchanged since it was converted; WebM kept")
+    if found[1] == record.output_version:
         return kept
-    if record.get("output_digest") and digest_object(out, path) == record["output_digest"]:
-        return {**kept, "output_version": found[1]}
+    if record.output_digest and digest_object(out, path) == record.output_digest:
+        return kept.replace(output_version=found[1])
     log.warning("%s changed since it was converted (same size, other bytes): converting again",
                 out.url(path))
     return None
@@ -142,10 +145,6 @@ def _identity(clip: ClipSource) -> dict[str, Any]:
     return {"source_uri": clip.source_uri, "recording": clip.recording,
             "clip_name": clip.clip_name, "clip_index": clip.clip_index,
             "source_size": clip.size, "source_version": clip.version}
-
-
-def _base_record(clip: ClipSource) -> dict[str, Any]:
-    return {**empty_record(), **_identity(clip)}
 
 
 @contextmanager
@@ -298,7 +297,7 @@ def clean_work_dir(out: Location) -> None:
 
 
 def process_clip_uris(clip: ClipSource, src_uri: str, out_uri: str, recipe: Recipe,
-                      mode: Mode) -> dict[str, Any]:
+                      mode: Mode) -> ClipRecord:
     """`process_clip` from URIs (what a task on another worker receives)."""
     src = open_location(src_uri, recipe.storage)
     out = open_location(out_uri, recipe.storage)

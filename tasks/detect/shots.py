@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tasks.store.record import ClipRecord
 from tasks.recipe import ShotsConfig
 from tasks.store.storage import Location, read_bytes, write_bytes_atomic
 from tasks.store.tables import SHOT_SCHEMA, concat, read_table, write_table_if_changed
@@ -68,18 +69,18 @@ def next_cut(cuts: list[int], frame: int) -> int | None:
     return min(later) if later else None
 
 
-def shots_table(record: dict[str, Any], shots: list[dict[str, Any]]) -> pa.Table:
+def shots_table(record: ClipRecord, shots: list[dict[str, Any]]) -> pa.Table:
     """The clip's rows of ``shots.parquet``."""
     n = len(shots)
     first = np.array([s["first"] for s in shots], np.int64)
     last = np.array([s["last"] for s in shots], np.int64)
-    offset = int(record.get("global_first_frame") or 0)
-    clip_start = float(record.get("recording_start_s") or 0.0)
+    offset = int(record.global_first_frame or 0)
+    clip_start = float(record.recording_start_s or 0.0)
     webm_start = shots[0]["start_s"] if shots else 0.0
     start = np.array([s["start_s"] for s in shots], np.float64)
     return pa.table({
-        "recording": pa.array([record["recording"]] * n, pa.string()),
-        "clip_index": pa.array(np.full(n, record["clip_index"], np.int32)),
+        "recording": pa.array([record.recording] * n, pa.string()),
+        "clip_index": pa.array(np.full(n, record.clip_index, np.int32)),
         "shot": pa.array(np.arange(n, dtype=np.int32)),
         "first_frame": first, "last_frame": last,
         "global_first_frame": first + offset, "global_last_frame": last + offset,
@@ -89,10 +90,10 @@ def shots_table(record: dict[str, Any], shots: list[dict[str, Any]]) -> pa.Table
     }, schema=SHOT_SCHEMA)
 
 
-def write_shots(out: Location, summaries: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
+def write_shots(out: Location, summaries: list[dict[str, Any]], records: list[ClipRecord]) -> str:
     """``OUT/shots.parquet``: the shots of every listed clip (detect summaries carry them),
     in recording order."""
-    by_clip = {(r["recording"], r["clip_index"]): r for r in records}
+    by_clip = {(r.recording, r.clip_index): r for r in records}
     tables = [shots_table(by_clip[(s["recording"], s["clip_index"])], s["shots"])
               for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"]))
               if s.get("shots")]
@@ -105,7 +106,7 @@ def write_shots(out: Location, summaries: list[dict[str, Any]], records: list[di
     return path
 
 
-def span_suggestions(shots: pa.Table, records: dict[tuple[str, int], dict[str, Any]]) -> bytes:
+def span_suggestions(shots: pa.Table, records: dict[tuple[str, int], ClipRecord]) -> bytes:
     """Every shot as a row of a spans file (recording, start_s, end_s, label, note), with
     the label left for a person: one shot is often one activity. A shot ends where the next
     one starts, the clip's last where the clip ends (recording time, s)."""
@@ -122,22 +123,22 @@ def span_suggestions(shots: pa.Table, records: dict[tuple[str, int], dict[str, A
             end = nxt["recording_start_s"]
         else:
             record = records[(row["recording"], row["clip_index"])]
-            end = float(record.get("recording_start_s") or 0.0) + float(
-                record.get("output_duration_s") or (row["last_s"] - row["start_s"]))
+            end = float(record.recording_start_s or 0.0) + float(
+                record.output_duration_s or (row["last_s"] - row["start_s"]))
         writer.writerow([row["recording"], f"{row['recording_start_s']:.6f}", f"{end:.6f}", "",
                          f"clip {row['clip_index']} shot {row['shot']}: frames "
                          f"{row['first_frame']}-{row['last_frame']}"])
     return buffer.getvalue().encode()
 
 
-def clip_cuts(out: Location, record: dict[str, Any]) -> list[int]:
+def clip_cuts(out: Location, record: ClipRecord) -> list[int]:
     """The clip's cut frames, from ``OUT/shots.parquet`` (none when it is not there)."""
     import pyarrow.compute as pc
 
     table = read_table(out, out.path(SHOTS_FILE))
     if table is None:
         return []
-    mine = table.filter(pc.and_(pc.and_(pc.equal(table["recording"], record["recording"]),
-                                        pc.equal(table["clip_index"], record["clip_index"])),
+    mine = table.filter(pc.and_(pc.and_(pc.equal(table["recording"], record.recording),
+                                        pc.equal(table["clip_index"], record.clip_index)),
                                 table["cut"]))
     return sorted(mine["first_frame"].to_pylist())

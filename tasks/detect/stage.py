@@ -23,6 +23,7 @@ import pyarrow as pa
 from models import registry
 from models.boxes import Boxes
 from models.contracts import Detector
+from tasks.store.record import ClipRecord
 from tasks import progress
 from tasks.store import merged
 from tasks.detect.driver import detect_checked
@@ -59,15 +60,15 @@ def make_detector(recipe: Recipe) -> Detector:
         raise ConfigError(f"{recipe.source}: detect.options of backend {name!r}: {e}") from e
 
 
-def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
+def detect_clip(record: ClipRecord, out: Location, recipe: Recipe,
                 detector: Detector | None = None) -> dict[str, Any]:
     """Detections of one converted clip, written to the clip's state; returns a summary."""
     skipped = detected_before(record, out, recipe)
     if skipped is not None:
         return skipped
     key = recipe.detect_key()
-    summary = {"recording": record["recording"], "clip_index": record["clip_index"],
-               "clip_name": record["clip_name"]}
+    summary = {"recording": record.recording, "clip_index": record.clip_index,
+               "clip_name": record.clip_name}
     started = time.perf_counter()
     detector = detector or make_detector(recipe)
     mapped = recipe.label_mapper().table(detector.spec.labels)
@@ -77,7 +78,7 @@ def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
         detector.prime(_priming_frames(out, path, recipe))
     frames = 0
     analysis: _Analysis | None = None
-    with progress.meter("detect", record["source_uri"], record.get("output_frames")) as meter:
+    with progress.meter("detect", record.source_uri, record.output_frames) as meter:
         for batch in _batches(out, path, recipe):
             analysis = batch.analysis or analysis
             results = detect_checked(detector, [s.image for s in batch.frames])
@@ -87,9 +88,9 @@ def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
                 columns.add(sampled, boxes[keep], detector.spec.labels, mapped)
             meter.add(batch.decoded - frames)
             frames = batch.decoded
-    expected = record.get("output_frames")
+    expected = record.output_frames
     if expected is not None and frames != expected:
-        raise MediaReadError(f"{record['output_uri']}: decoded {frames} frames, the parity "
+        raise MediaReadError(f"{record.output_uri}: decoded {frames} frames, the parity "
                              f"proof counted {expected}; the WebM changed since conversion")
     table = columns.table(record)
     meta_path, table_path = state_paths(out, record)
@@ -103,7 +104,7 @@ def detect_clip(record: dict[str, Any], out: Location, recipe: Recipe,
             "every_nth": recipe.detect.every_nth, "detections": table.num_rows,
             "shots": shots, "seconds": round(time.perf_counter() - started, 3)}
     write_bytes_atomic(out, meta_path, json.dumps(meta, sort_keys=True).encode())
-    log.info("%s: %d detection(s) on %d frame(s)", record["output_uri"], table.num_rows, frames)
+    log.info("%s: %d detection(s) on %d frame(s)", record.output_uri, table.num_rows, frames)
     return {**summary, **meta, "status": "detected"}
 
 
@@ -138,7 +139,7 @@ class _Columns:
         self.parts.append((sampled.index, sampled.seconds, boxes[order], names[order],
                            model[order]))
 
-    def table(self, record: dict[str, Any]) -> pa.Table:
+    def table(self, record: ClipRecord) -> pa.Table:
         if not self.parts:
             return DETECTION_SCHEMA.empty_table()
         counts = [len(p[2]) for p in self.parts]
@@ -146,10 +147,10 @@ class _Columns:
         xyxy = np.concatenate([p[2].xyxy for p in self.parts])
         n = len(frame)
         return pa.table({
-            "recording": pa.array([record["recording"]] * n, pa.string()),
-            "clip_index": pa.array(np.full(n, record["clip_index"], np.int32)),
+            "recording": pa.array([record.recording] * n, pa.string()),
+            "clip_index": pa.array(np.full(n, record.clip_index, np.int32)),
             "frame": frame,
-            "global_frame": frame + int(record.get("global_first_frame") or 0),
+            "global_frame": frame + int(record.global_first_frame or 0),
             "time_s": np.repeat([p[1] for p in self.parts], counts).astype(np.float64),
             "label": pa.array(np.concatenate([p[3] for p in self.parts]).tolist(), pa.string()),
             "model_label": pa.array(np.concatenate([p[4] for p in self.parts]).tolist(), pa.string()),
@@ -159,14 +160,14 @@ class _Columns:
 
 
 def write_detections(out: Location, summaries: list[dict[str, Any]],
-                     records: list[dict[str, Any]]) -> str:
+                     records: list[ClipRecord]) -> str:
     """``OUT/detections.parquet``: every listed clip's detections, in recording order."""
-    by_clip = {(r["recording"], r["clip_index"]): r for r in records}
+    by_clip = {(r.recording, r.clip_index): r for r in records}
     inputs = []
     for s in sorted(summaries, key=lambda s: (s["recording"], s["clip_index"])):
         if s.get("status") in ("detected", "skipped"):
             record = by_clip[(s["recording"], s["clip_index"])]
-            inputs.append((state_paths(out, record)[1], record.get("global_first_frame") or 0))
+            inputs.append((state_paths(out, record)[1], record.global_first_frame or 0))
     path = out.path(DETECTIONS_FILE)
     sig = merged.signature(out, [out.path(STATE_DIR)], [DETECTOR_VERSION, inputs])
     if merged.current(out, path, sig):
@@ -187,23 +188,22 @@ __all__ = ["make_detector", "detect_clip", "write_detections", "is_converted"]
 # --- URI entry points (what a Prefect task calls: small, picklable arguments) ----------------
 
 
-def converted_records(out_uri: str, recipe: Recipe) -> list[dict[str, Any]]:
+def converted_records(out_uri: str, recipe: Recipe) -> list[ClipRecord]:
     """Rows of the items table this run wrote, all of them (converted or not)."""
-    from tasks.store.items import read_items
+    from tasks.store.items import read_records
     from tasks.store.storage import open_location
 
-    table = read_items(open_location(out_uri, recipe.storage))
-    return [] if table is None else table.to_pylist()
+    return read_records(open_location(out_uri, recipe.storage))
 
 
-def detect_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe) -> dict[str, Any]:
+def detect_clip_uri(record: ClipRecord, out_uri: str, recipe: Recipe) -> dict[str, Any]:
     from tasks.store.storage import open_location
 
     return detect_clip(record, open_location(out_uri, recipe.storage), recipe)
 
 
 def write_detections_uri(out_uri: str, recipe: Recipe, summaries: list[dict[str, Any]],
-                         records: list[dict[str, Any]]) -> str:
+                         records: list[ClipRecord]) -> str:
     from tasks.store.storage import open_location
 
     out = open_location(out_uri, recipe.storage)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.store.record import ClipRecord
 from tasks.store.items import clip_id_for
 from tasks.store.ledger import Ledger, Unit
 
@@ -20,17 +21,17 @@ from tasks.store.tables import read_state_json, read_state_table, readable_parqu
 STATE_DIR = "_state/detect"
 
 
-def state_paths(out: Location, record: dict[str, Any]) -> tuple[str, str]:
-    clip_id = clip_id_for(record["source_uri"])
+def state_paths(out: Location, record: ClipRecord) -> tuple[str, str]:
+    clip_id = clip_id_for(record.source_uri)
     return out.path(STATE_DIR, f"{clip_id}.json"), out.path(STATE_DIR, f"{clip_id}.parquet")
 
 
-def motion_path(out: Location, record: dict[str, Any]) -> str:
+def motion_path(out: Location, record: ClipRecord) -> str:
     """The clip's camera motion (one affine per frame), when the recipe measures it."""
-    return out.path(STATE_DIR, f"{clip_id_for(record['source_uri'])}.motion.parquet")
+    return out.path(STATE_DIR, f"{clip_id_for(record.source_uri)}.motion.parquet")
 
 
-def read_motion(out: Location, record: dict[str, Any]) -> np.ndarray | None:
+def read_motion(out: Location, record: ClipRecord) -> np.ndarray | None:
     """(frames, 2, 3) affines from `detect_clip`, or None when not measured."""
     table = read_state_table(out, motion_path(out, record))
     if table is None:
@@ -41,7 +42,7 @@ def read_motion(out: Location, record: dict[str, Any]) -> np.ndarray | None:
 _MOTION_COLUMNS = ("a00", "a01", "a02", "a10", "a11", "a12")
 
 
-def done_before(out: Location, record: dict[str, Any], key: str) -> dict[str, Any] | None:
+def done_before(out: Location, record: ClipRecord, key: str) -> dict[str, Any] | None:
     meta_path, table_path = state_paths(out, record)
     meta = read_state_json(out, meta_path)
     if (isinstance(meta, dict) and meta.get("key") == key
@@ -57,39 +58,47 @@ LOOK_UP_FIELDS = ("source_uri", "recording", "clip_index", "clip_name", "output_
                   "output_bytes", "convert_key", "fingerprint")
 
 
-def looked_up(record: dict[str, Any]) -> dict[str, Any]:
-    return {name: record.get(name) for name in LOOK_UP_FIELDS}
+def look_up_identity(record: ClipRecord) -> dict[str, Any]:
+    """The fields a look-up reads, as a ledger identity (`tasks.store.ledger.Unit`)."""
+    return {name: getattr(record, name) for name in LOOK_UP_FIELDS}
 
 
-def detected_before(record: dict[str, Any], out: Location,
+def looked_up(record: ClipRecord) -> ClipRecord:
+    """The record with only the fields a look-up may read (the others None)."""
+    return ClipRecord(**look_up_identity(record))
+
+
+def detected_before(record: ClipRecord, out: Location,
                     recipe: Recipe) -> dict[str, Any] | None:
     """The clip's detect summary when its detections are done for these settings, else None."""
     record = looked_up(record)
     previous = done_before(out, record, recipe.detect_key())
     if previous is None:
         return None
-    return {"recording": record["recording"], "clip_index": record["clip_index"],
-            "clip_name": record["clip_name"], **previous, "status": "skipped"}
+    return {"recording": record.recording, "clip_index": record.clip_index,
+            "clip_name": record.clip_name, **previous, "status": "skipped"}
 
 
-def detected_before_uri(record: dict[str, Any], out_uri: str,
+def detected_before_uri(record: ClipRecord, out_uri: str,
                         recipe: Recipe) -> dict[str, Any] | None:
     """`detected_before` as the flow's look-up (no task run for a clip with nothing to do)."""
     return detected_before(record, open_location(out_uri, recipe.storage), recipe)
 
 
-def detect_ledger(records: list[dict[str, Any]], out_uri: str, recipe: Recipe) -> Ledger:
+def detect_ledger(records: list[ClipRecord], out_uri: str, recipe: Recipe) -> Ledger:
     """The `detected_before` answers of ``records`` kept from the last run (`tasks.store.ledger`):
     each reads the clip's two detect state files."""
     out = open_location(out_uri, recipe.storage)
     state, key = out.path(STATE_DIR), recipe.detect_key()
     return Ledger(out, "detect", [
-        Unit([looked_up(record), key], ((state, state_paths(out, record)[0].removesuffix("json")),))
+        Unit([look_up_identity(record), key], ((state, state_paths(out, record)[0].removesuffix("json")),))
         for record in records])
 
 
-def webm_identity(record: dict[str, Any]) -> list:
+def webm_identity(record: ClipRecord | None) -> list:
     """What identifies the WebM a clip's later stages worked on: a clip converted again (new
     source bytes or convert settings) is a new WebM, and their earlier work does not apply."""
-    return [record.get("output_uri"), record.get("output_bytes"), record.get("convert_key"),
-            record.get("fingerprint")]
+    if record is None:
+        return [None] * 4
+    return [record.output_uri, record.output_bytes, record.convert_key,
+            record.fingerprint]

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.compact.stage import KEYFRAMES_FILE
 from tasks.errors import ConfigError, PipelineError
 from tasks.formats.base import ClipInfo
@@ -45,33 +46,33 @@ def parse_formats(text: str | list[str]) -> list[str]:
 
 
 
-def clip_info(out: Location, record: dict[str, Any]) -> ClipInfo:
+def clip_info(out: Location, record: ClipRecord) -> ClipInfo:
     """The clip as exports describe it: WebM size, frame count and decoded timestamps."""
     from tasks.media.webm import webm_timeline
 
     timeline = webm_timeline(out, record)
     times = timeline.seconds()
-    fps = record.get("output_fps_measured") or record.get("fps") or "30"
-    return ClipInfo(recording=record["recording"], clip_index=int(record["clip_index"]),
-                    name=record["clip_name"], video_uri=record["output_uri"],
-                    width=int(record["output_width"]), height=int(record["output_height"]),
+    fps = record.output_fps_measured or record.fps or "30"
+    return ClipInfo(recording=record.recording, clip_index=int(record.clip_index),
+                    name=record.clip_name, video_uri=record.output_uri,
+                    width=int(record.output_width), height=int(record.output_height),
                     frames=len(timeline), fps=Fraction(fps), times_s=times)
 
 
-def clip_keyframes(keyframes: pa.Table, record: dict[str, Any]) -> pa.Table:
-    mask = pc.and_(pc.equal(keyframes["recording"], record["recording"]),
-                   pc.equal(keyframes["clip_index"], int(record["clip_index"])))
+def clip_keyframes(keyframes: pa.Table, record: ClipRecord) -> pa.Table:
+    mask = pc.and_(pc.equal(keyframes["recording"], record.recording),
+                   pc.equal(keyframes["clip_index"], int(record.clip_index)))
     return keyframes.filter(mask)
 
 
-def export_path(out: Location, fmt: str, record: dict[str, Any], extension: str) -> str:
+def export_path(out: Location, fmt: str, record: ClipRecord, extension: str) -> str:
     """``exports/<fmt>/<recording>/<clip stem><ext>``; MOT keeps its sequence layout,
     ``exports/mot/<recording>/<clip stem>/gt/gt.txt`` (with ``gt/labels.txt``)."""
     # The WebM's name: ingest made it safe and unique in its recording ("a b.mp4" and
     # "a_b.mp4", "a.mp4" and "a.mov" stay apart).
-    stem = posixpath.splitext(posixpath.basename(record["output_uri"]))[0] \
-        if record.get("output_uri") else posixpath.splitext(safe_component(record["clip_name"]))[0]
-    parts = [p for p in record["recording"].split("/") if p] if record["recording"] else []
+    stem = posixpath.splitext(posixpath.basename(record.output_uri))[0] \
+        if record.output_uri else posixpath.splitext(safe_component(record.clip_name))[0]
+    parts = [p for p in record.recording.split("/") if p] if record.recording else []
     base = [EXPORT_DIR, fmt, *[safe_component(p) for p in parts]]
     if fmt == "mot":
         return out.path(*base, stem, "gt", "gt.txt")
@@ -103,25 +104,25 @@ def clip_rows(out: Location, compacted: dict[str, Any] | None) -> pa.Table:
     return rows.cast(KEYFRAME_SCHEMA)
 
 
-def _base_digest(record: dict[str, Any], compacted: dict[str, Any] | None) -> str:
+def _base_digest(record: ClipRecord, compacted: dict[str, Any] | None) -> str:
     """What a clip's files depend on: its keyframes (named by what they were computed
     from), the clip, and the writers' version."""
     import hashlib
 
     text = json.dumps([compacted["keyframes_file"] if compacted else None,
-                       [record.get(k) for k in _CLIP_FIELDS], EXPORT_VERSION], default=str)
+                       [getattr(record, k) for k in _CLIP_FIELDS], EXPORT_VERSION], default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _summary(record: dict[str, Any], compacted: dict[str, Any] | None, files, written,
+def _summary(record: ClipRecord, compacted: dict[str, Any] | None, files, written,
              unchanged) -> dict[str, Any]:
-    return {"recording": record["recording"], "clip_index": int(record["clip_index"]),
+    return {"recording": record.recording, "clip_index": int(record.clip_index),
             "tracks": len(compacted["track_ids"]) if compacted else 0,
             "keyframes": compacted["keyframes"] if compacted else 0,
             "files": files, "written": written, "unchanged": unchanged}
 
 
-def export_clip(record: dict[str, Any], out: Location, formats: list[str],
+def export_clip(record: ClipRecord, out: Location, formats: list[str],
                 compacted: dict[str, Any] | None, labels: list[str] | None = None) -> dict[str, Any]:
     """Write one clip's keyframes (``compacted``: its `tasks.compact.stage` summary) in every
     asked format (not `parquet`: the tables are already written). MOT numbers classes by
@@ -132,7 +133,7 @@ def export_clip(record: dict[str, Any], out: Location, formats: list[str],
 
     base = _base_digest(record, compacted)
     labels = labels or []
-    state_path = out.path(EXPORT_STATE_DIR, f"{clip_id_for(record['source_uri'])}.json")
+    state_path = out.path(EXPORT_STATE_DIR, f"{clip_id_for(record.source_uri)}.json")
     state = read_state_json(out, state_path)
     state = state if isinstance(state, dict) else {}
     clip, rows = None, None
@@ -173,7 +174,7 @@ def export_clip(record: dict[str, Any], out: Location, formats: list[str],
     return _summary(record, compacted, written, sorted(set(done) - set(unchanged)), unchanged)
 
 
-def exported_before(out: Location, records: list[dict[str, Any]], formats: list[str],
+def exported_before(out: Location, records: list[ClipRecord], formats: list[str],
                     compacted: list[dict[str, Any] | None],
                     labels: list[str] | None = None) -> list[dict[str, Any] | None]:
     """For each clip (``compacted``: its compaction summary), what `export_clip` would return
@@ -192,12 +193,12 @@ def exported_before(out: Location, records: list[dict[str, Any]], formats: list[
 
     # The clips' export records, read through a ledger: unchanged ones cost no read.
     state_dir = out.path(EXPORT_STATE_DIR)
-    paths = [out.path(EXPORT_STATE_DIR, f"{clip_id_for(r['source_uri'])}.json") for r in records]
+    paths = [out.path(EXPORT_STATE_DIR, f"{clip_id_for(r.source_uri)}.json") for r in records]
     ledger = Ledger(out, "export", [Unit(["export-state", p], ((state_dir, p),)) for p in paths])
     states = ledger.look_up(lambda i: read_state_json(out, paths[i]), quiet=False)
     ledger.keep(states)
 
-    def look(record: dict[str, Any], kept: dict[str, Any] | None, state: Any):
+    def look(record: ClipRecord, kept: dict[str, Any] | None, state: Any):
         base = _base_digest(record, kept)
         if not isinstance(state, dict):
             return None
@@ -250,12 +251,12 @@ def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[s
     return files
 
 
-def export_clip_uri(record: dict[str, Any], out_uri: str, recipe: Recipe, formats: list[str],
+def export_clip_uri(record: ClipRecord, out_uri: str, recipe: Recipe, formats: list[str],
                     compacted: dict[str, Any] | None, labels: list[str] | None = None):
     return export_clip(record, open_location(out_uri, recipe.storage), formats, compacted, labels)
 
 
-def exported_before_uri(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
+def exported_before_uri(out_uri: str, recipe: Recipe, records: list[ClipRecord],
                         formats: list[str], compacted: list[dict[str, Any] | None],
                         labels: list[str] | None = None) -> list[dict[str, Any] | None]:
     return exported_before(open_location(out_uri, recipe.storage), records, formats, compacted,

@@ -24,11 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.store.items import is_converted
 from tasks.media.webm import open_webm, webm_path
 from tasks.errors import Blocked, MediaReadError, SnapshotError
 from tasks.store.items import clip_id_for
-from tasks.store.items import ITEMS_FILE, read_items
+from tasks.store.items import ITEMS_FILE, read_records
 from tasks.recipe import Recipe
 from tasks.store.storage import Location, open_location, write_bytes_atomic
 from tasks.store.tables import Columns, concat, read_table, schema, write_table
@@ -54,52 +55,52 @@ SNAPSHOT_COLUMNS: Columns = [
 SNAPSHOT_SCHEMA = schema(SNAPSHOT_COLUMNS)
 
 
-def clip_label(record: dict[str, Any]) -> str:
-    return f"{record['recording']}/{record['clip_name']}"
+def clip_label(record: ClipRecord) -> str:
+    return f"{record.recording}/{record.clip_name}"
 
 
-def resolve_clip(records: list[dict[str, Any]], clip: str) -> dict[str, Any]:
+def resolve_clip(records: list[ClipRecord], clip: str) -> dict[str, Any]:
     """The items row ``clip`` names: a clip id (`tasks.convert.listing.clip_id_for`), a
     ``recording/clip_name``, a clip name, or a clip name without its extension, tried in
     that order; the first way that matches must match exactly one clip."""
     ways = [
-        lambda r: r.get("source_uri") is not None and clip_id_for(r["source_uri"]) == clip,
+        lambda r: r.source_uri is not None and clip_id_for(r.source_uri) == clip,
         lambda r: clip_label(r) == clip,
-        lambda r: r["clip_name"] == clip,
-        lambda r: posixpath.splitext(r["clip_name"])[0] == clip
-        or f"{r['recording']}/{posixpath.splitext(r['clip_name'])[0]}" == clip,
+        lambda r: r.clip_name == clip,
+        lambda r: posixpath.splitext(r.clip_name)[0] == clip
+        or f"{r.recording}/{posixpath.splitext(r.clip_name)[0]}" == clip,
     ]
     for matches in ways:
         found = [r for r in records if matches(r)]
         if len(found) == 1:
             return found[0]
         if found:
-            names = ", ".join(f"{clip_label(r)} (id {clip_id_for(r['source_uri'])})" for r in found)
+            names = ", ".join(f"{clip_label(r)} (id {clip_id_for(r.source_uri)})" for r in found)
             raise SnapshotError(f"clip {clip!r} is ambiguous: it could be {names}; "
                                 f"give recording/clip_name or the id")
     labels = [clip_label(r) for r in records]
-    close = difflib.get_close_matches(clip, labels + [r["clip_name"] for r in records], n=5)
+    close = difflib.get_close_matches(clip, labels + [r.clip_name for r in records], n=5)
     hint = (f"did you mean {', '.join(close)}?" if close else
             f"known clips: {', '.join(labels[:20])}{', ...' if len(labels) > 20 else ''}"
             if labels else "the items table lists no clips")
     raise SnapshotError(f"no clip {clip!r} in the items table; {hint}")
 
 
-def image_path(out: Location, record: dict[str, Any], frame: int) -> str:
+def image_path(out: Location, record: ClipRecord, frame: int) -> str:
     """``OUT/Snapshots/<the WebM's folder>/<the WebM's stem>_frame<N:06d>.png``."""
     rel = webm_path(out, record)[len(out.root.rstrip("/")) + 1:]
     stem = posixpath.splitext(rel)[0]
     return out.path(SNAPSHOT_DIR, f"{stem}_frame{frame:06d}.png")
 
 
-def snapshot(out: Location, record: dict[str, Any], frame: int) -> dict[str, Any]:
+def snapshot(out: Location, record: ClipRecord, frame: int) -> dict[str, Any]:
     """Write frame ``frame`` of a converted clip as a PNG and record it; returns its row."""
     name = clip_label(record)
     if not is_converted(record):
-        why = "; ".join(str(v) for v in (record.get("reason"), record.get("detail")) if v)
+        why = "; ".join(str(v) for v in (record.reason, record.detail) if v)
         raise SnapshotError(f"clip {name} has no converted WebM (status "
-                            f"{record.get('status')}{': ' + why if why else ''})")
-    count = int(record.get("output_frames") or 0)
+                            f"{record.status}{': ' + why if why else ''})")
+    count = int(record.output_frames or 0)
     if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
         raise SnapshotError(f"frame must be a whole number (0-based), got {frame!r}")
     if not 0 <= frame < count:
@@ -110,7 +111,7 @@ def snapshot(out: Location, record: dict[str, Any], frame: int) -> dict[str, Any
         try:
             ((_, pts, decoded),) = list(reader.read(frame, 1))
         except Blocked as e:
-            raise MediaReadError(f"{record['output_uri']}: {e}") from e
+            raise MediaReadError(f"{record.output_uri}: {e}") from e
         image = decoded.to_ndarray(format="bgr24")
         time_s = float(reader.timeline.time_s(frame))
     ok, encoded = cv2.imencode(".png", image)
@@ -120,10 +121,10 @@ def snapshot(out: Location, record: dict[str, Any], frame: int) -> dict[str, Any
     path = image_path(out, record, frame)
     write_bytes_atomic(out, path, blob)
     row = {
-        "recording": record["recording"], "clip_index": record["clip_index"],
-        "clip_name": record["clip_name"], "frame": frame,
-        "global_frame": int(record.get("global_first_frame") or 0) + frame, "pts": pts,
-        "time_s": time_s, "webm_uri": record["output_uri"], "source_uri": record["source_uri"],
+        "recording": record.recording, "clip_index": record.clip_index,
+        "clip_name": record.clip_name, "frame": frame,
+        "global_frame": int(record.global_first_frame or 0) + frame, "pts": pts,
+        "time_s": time_s, "webm_uri": record.output_uri, "source_uri": record.source_uri,
         "image_uri": out.url(path), "width": image.shape[1], "height": image.shape[0],
         "png_blake2b": hashlib.blake2b(blob, digest_size=16).hexdigest(),
     }
@@ -151,11 +152,11 @@ def snapshots_uri(out_uri: str, recipe: Recipe) -> str:
 def snapshot_uri(out_uri: str, recipe: Recipe, clip: str, frame: int) -> dict[str, Any]:
     """`snapshot` for the clip ``clip`` names (see `resolve_clip`) in OUT's items table."""
     out = open_location(out_uri, recipe.storage)
-    items = read_items(out)
-    if items is None:
+    records = read_records(out)
+    if not records:
         raise SnapshotError(f"{out.url(out.path(ITEMS_FILE))} not found: convert the dataset "
                             f"into {out_uri} first")
-    row = snapshot(out, resolve_clip(items.to_pylist(), clip), frame)
+    row = snapshot(out, resolve_clip(records, clip), frame)
     return {**row, "snapshots_uri": out.url(out.path(SNAPSHOT_DIR, SNAPSHOTS_FILE))}
 
 

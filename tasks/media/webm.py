@@ -4,16 +4,17 @@ exact-frame reader and timeline (decoded timestamps), checked against the parity
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
+from tasks.store.record import ClipRecord
 from tasks.errors import MediaReadError, PipelineError
 from tasks.media.frames import FrameReader, Timeline
 from tasks.media.probe import choose_video_stream, open_media
 from tasks.store.storage import Location, open_read, size_of
 
-def webm_path(out: Location, record: dict[str, Any]) -> str:
+def webm_path(out: Location, record: ClipRecord) -> str:
     """The WebM's path inside OUT (items rows hold its URL)."""
-    url: str = record["output_uri"]
+    url: str = record.output_uri
     root_url = out.url(out.root)
     if not url.startswith(root_url):
         raise MediaReadError(f"{url} is not under {root_url}")
@@ -37,7 +38,7 @@ def open_webm_container(out: Location, path: str):
 
 
 @contextmanager
-def open_webm(out: Location, record: dict[str, Any], timeline=None) -> Iterator[FrameReader]:
+def open_webm(out: Location, record: ClipRecord, timeline=None) -> Iterator[FrameReader]:
     """An exact-frame reader (`tasks.media.frames.FrameReader`) on a converted clip's WebM. Without
     a known ``timeline`` it is built by demuxing and must hold the frames the parity proof
     counted (a WebM changed since conversion is refused)."""
@@ -48,7 +49,7 @@ def open_webm(out: Location, record: dict[str, Any], timeline=None) -> Iterator[
         except PipelineError as e:
             raise MediaReadError(f"{out.url(path)}: {e}") from e
         try:
-            expected = record.get("output_frames")
+            expected = record.output_frames
             if timeline is None and expected is not None and len(reader) != expected:
                 raise MediaReadError(f"{out.url(path)}: {len(reader)} frames, the parity proof "
                                      f"counted {expected}; the WebM changed since conversion")
@@ -57,6 +58,6 @@ def open_webm(out: Location, record: dict[str, Any], timeline=None) -> Iterator[
             reader.close()
 
 
-def webm_timeline(out: Location, record: dict[str, Any]) -> Timeline:
+def webm_timeline(out: Location, record: ClipRecord) -> Timeline:
     with open_webm(out, record) as reader:
         return reader.timeline

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.media.webm import webm_path
 from tasks.store.items import clip_id_for
 from tasks.annotations.keyframes import KEYFRAME_SCHEMA, sort_tracks
@@ -46,7 +47,7 @@ PREVIEW_VERSION = "previews/2"
 # --- files, digest and markdown --------------------------------------------------------------
 
 
-def preview_paths(out: Location, record: dict[str, Any]) -> dict[str, str]:
+def preview_paths(out: Location, record: ClipRecord) -> dict[str, str]:
     """{"contact_sheet": path, "timeline": path}: ``OUT/previews/<recording>/<name>`` with
     ``.contact.jpg`` and ``.timeline.png``, where ``<recording>/<name>`` is the WebM's own
     path in OUT without ``.webm``. Ingest made those parts safe (`safe_component`) and unique
@@ -61,19 +62,19 @@ def preview_paths(out: Location, record: dict[str, Any]) -> dict[str, str]:
             "timeline": out.path(*base, stem + ".timeline.png")}
 
 
-def _state_path(out: Location, record: dict[str, Any]) -> str:
-    return out.path(STATE_DIR, f"{clip_id_for(record['source_uri'])}.json")
+def _state_path(out: Location, record: ClipRecord) -> str:
+    return out.path(STATE_DIR, f"{clip_id_for(record.source_uri)}.json")
 
 
-def clip_digest(keyframes: pa.Table, record: dict[str, Any], cuts: Sequence[int] = ()) -> str:
+def clip_digest(keyframes: pa.Table, record: ClipRecord, cuts: Sequence[int] = ()) -> str:
     """BLAKE2b-128 (hex) of what the previews show: the clip's keyframe rows (sorted by
     track and frame, column by column, so row order and chunking do not matter), the WebM's
     identity (URL, size, convert key, source fingerprint), its shot cuts and
     `PREVIEW_VERSION`."""
     table = sort_tracks(keyframes.cast(KEYFRAME_SCHEMA)).combine_chunks()
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([PREVIEW_VERSION, record.get("output_uri"), record.get("output_bytes"),
-                         record.get("convert_key"), record.get("fingerprint"),
+    h.update(json.dumps([PREVIEW_VERSION, record.output_uri, record.output_bytes,
+                         record.convert_key, record.fingerprint,
                          table.num_rows, [int(c) for c in cuts]]).encode())
     for field in KEYFRAME_SCHEMA:
         column = table[field.name]
@@ -88,7 +89,7 @@ def clip_digest(keyframes: pa.Table, record: dict[str, Any], cuts: Sequence[int]
     return h.hexdigest()
 
 
-def write_previews(out: Location, record: dict[str, Any], keyframes: pa.Table, digest: str,
+def write_previews(out: Location, record: ClipRecord, keyframes: pa.Table, digest: str,
                    cuts: Sequence[int] = ()) -> dict[str, str]:
     """Write the clip's contact sheet and timeline (atomically) and return their URLs,
     {"contact_sheet": url, "timeline": url}. Nothing is written when the state record says
@@ -108,9 +109,9 @@ def write_previews(out: Location, record: dict[str, Any], keyframes: pa.Table, d
         # Forget the old digest before replacing the files: killed in between, a later run
         # with that digest must not take the half-replaced previews for its own.
         out.fs.rm(state_path)
-    fps = record.get("output_fps_measured") or record.get("fps")
+    fps = record.output_fps_measured or record.fps
     write_bytes_atomic(out, paths["contact_sheet"], contact_sheet(out, record, keyframes))
-    frame_count = int(record.get("output_frames") or 0)
+    frame_count = int(record.output_frames or 0)
     if not frame_count:
         from tasks.media.webm import webm_timeline
 
@@ -143,16 +144,16 @@ def _mime(data: bytes) -> str:
     raise ValueError("an image must be JPEG or PNG bytes")
 
 
-def clip_markdown(record: dict[str, Any], summary: dict[str, Any], images: dict[str, bytes],
+def clip_markdown(record: ClipRecord, summary: dict[str, Any], images: dict[str, bytes],
                   *, links: dict[str, str] | None = None) -> str:
     """Markdown for a Prefect markdown artifact: a heading naming the clip, a table of the
     summary (`_SUMMARY_ORDER` keys first), the images inline as base64 ``data:`` URIs (the
     Prefect 3.8 UIs render ``data:image/...`` in ``<img>``), and ``links`` (e.g. the URLs
     `write_previews` returns) listed under them, so a UI that strips data URIs still says
     where the files are."""
-    recording = record.get("recording") or ""
-    name = f"{recording}/{record.get('clip_name')}" if recording else f"{record.get('clip_name')}"
-    lines = [f"### {_md(name)} (clip {record.get('clip_index')})", ""]
+    recording = record.recording or ""
+    name = f"{recording}/{record.clip_name}" if recording else f"{record.clip_name}"
+    lines = [f"### {_md(name)} (clip {record.clip_index})", ""]
     keys = [k for k in _SUMMARY_ORDER if k in summary]
     keys += [k for k in summary if k not in keys]
     if keys:

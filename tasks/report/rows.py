@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from tasks.store.record import ClipRecord
 from tasks.store.storage import Location
 from tasks.store.tables import clip_slices, read_table
 
@@ -59,23 +60,23 @@ def clip_rows(out: Location, summary: dict[str, Any]) -> list[dict[str, Any]]:
     review = {(r, int(c)): n for r, c, n in (summary.get("review") or {}).get("per_clip", [])}
     failed = _failures(summary)
     rows = []
-    for item in items.to_pylist():
-        where = (item["recording"], item["clip_index"])
-        status, reason = item["status"], item["reason"] or ""
+    for item in (ClipRecord.from_dict(row) for row in items.to_pylist()):
+        where = (item.recording, item.clip_index)
+        status, reason = item.status, item.reason or ""
         if status in ("converted", "skipped"):
             status = "done"
-            if item["output_uri"] in failed:
-                status, reason = "failed", failed[item["output_uri"]]
+            if item.output_uri in failed:
+                status, reason = "failed", failed[item.output_uri]
         elif status == "failed" or reason in TASK_FAILED:  # no verdict: redone next run
-            status, reason = "failed", f"convert: {reason}: {item['detail']}"
+            status, reason = "failed", f"convert: {reason}: {item.detail}"
         rows.append({
-            "clip": "/".join(p for p in (item["recording"], item["clip_name"]) if p),
+            "clip": "/".join(p for p in (item.recording, item.clip_name) if p),
             "status": status, "reason": reason,
-            "frames": int(item["output_frames"] or item["frame_count"] or 0),
+            "frames": int(item.output_frames or item.frame_count or 0),
             "detections": detections.get(where, 0), "tracks": tracks.get(where, 0),
             "keyframes": keyframes.get(where, 0), "review_tasks": review.get(where, 0),
-            "recording": item["recording"], "clip_index": item["clip_index"],
-            "source_uri": item["source_uri"], "output_uri": item["output_uri"]})
+            "recording": item.recording, "clip_index": item.clip_index,
+            "source_uri": item.source_uri, "output_uri": item.output_uri})
     return rows
 
 
@@ -104,15 +105,14 @@ def clip_preview_uri(row: dict[str, Any], out_uri: str, recipe) -> dict[str, Any
     unchanged) and the markdown of its artifact: {"files": {...}, "markdown": str}."""
     from tasks.compact.stage import KEYFRAMES_FILE
     from tasks.export.stage import clip_keyframes
-    from tasks.store.items import read_items
+    from tasks.store.items import read_records
     from tasks.annotations.keyframes import KEYFRAME_SCHEMA
     from tasks.report.previews import clip_digest, clip_markdown, write_previews
     from tasks.detect.shots import clip_cuts
     from tasks.store.storage import open_location, read_bytes
 
     out = open_location(out_uri, recipe.storage)
-    items = read_items(out)
-    record = next(r for r in items.to_pylist() if r["source_uri"] == row["source_uri"])
+    record = next(r for r in read_records(out) if r.source_uri == row["source_uri"])
     table = read_table(out, out.path(KEYFRAMES_FILE))
     keyframes = clip_keyframes(table.cast(KEYFRAME_SCHEMA), record) if table is not None \
         else KEYFRAME_SCHEMA.empty_table()
@@ -131,17 +131,16 @@ def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> li
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks.compact.stage import KEYFRAMES_FILE
-    from tasks.store.items import read_items
+    from tasks.store.items import read_records
     from tasks.annotations.keyframes import KEYFRAME_SCHEMA
     from tasks.report.previews import _state_path, clip_digest, preview_paths
     from tasks.detect.shots import SHOTS_FILE
     from tasks.store.storage import open_location, read_bytes, size_of
 
     out = open_location(out_uri, recipe.storage)
-    items = read_items(out)
-    if items is None or not rows:
+    records = {r.source_uri: r for r in read_records(out)}
+    if not records or not rows:
         return [False] * len(rows)
-    records = {r["source_uri"]: r for r in items.to_pylist()}
     recorded = read_bytes(out, _previews_record(out))
     if recorded is not None and recorded.decode(errors="replace") == _previews_signature(
             out, rows, records):
@@ -164,7 +163,7 @@ def previews_current_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> li
         record = records.get(row["source_uri"])
         if record is None:
             return False
-        where = (record["recording"], int(record["clip_index"]))
+        where = (record.recording, int(record.clip_index))
         rows_ = slices.get(where, KEYFRAME_SCHEMA.empty_table())
         data = read_bytes(out, _state_path(out, record))
         try:
@@ -186,7 +185,7 @@ def _previews_record(out: Location) -> str:
 
 
 def _previews_signature(out: Location, rows: list[dict[str, Any]],
-                        records: dict[str, dict[str, Any]]) -> str:
+                        records: dict[str, ClipRecord]) -> str:
     """What every done clip's previews are made from, without reading a table: the keyframes
     and shots tables' versions, each clip's WebM identity, and a listing of the previews and
     their state records."""
@@ -198,7 +197,7 @@ def _previews_signature(out: Location, rows: list[dict[str, Any]],
     from tasks.detect.shots import SHOTS_FILE
     from tasks.store.storage import object_version
 
-    clips = [[r["source_uri"], *webm_identity(records.get(r["source_uri"]) or {})] for r in rows]
+    clips = [[r["source_uri"], *webm_identity(records.get(r["source_uri"]))] for r in rows]
     return merged.signature(out, [out.path("previews"), out.path(PREVIEW_STATE)], [
         PREVIEW_VERSION, object_version(out, out.path(KEYFRAMES_FILE)),
         object_version(out, out.path(SHOTS_FILE)), clips])
@@ -207,12 +206,11 @@ def _previews_signature(out: Location, rows: list[dict[str, Any]],
 def note_previews_uri(rows: list[dict[str, Any]], out_uri: str, recipe) -> None:
     """After every done clip's previews were made: remember what they were made from, so
     the next run with nothing changed checks one signature instead of every clip."""
-    from tasks.store.items import read_items
+    from tasks.store.items import read_records
     from tasks.store.storage import open_location, read_bytes, write_bytes_atomic
 
     out = open_location(out_uri, recipe.storage)
-    items = read_items(out)
-    records = {r["source_uri"]: r for r in items.to_pylist()} if items is not None else {}
+    records = {r.source_uri: r for r in read_records(out)}
     sig = _previews_signature(out, rows, records).encode()
     if read_bytes(out, _previews_record(out)) != sig:
         write_bytes_atomic(out, _previews_record(out), sig)

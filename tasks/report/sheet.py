@@ -4,13 +4,13 @@ every track's box drawn in its colour (a JPEG).
 
 from __future__ import annotations
 
-from typing import Any
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.media.webm import open_webm
 from tasks.annotations.keyframes import KEYFRAME_SCHEMA, expand, sort_tracks, track_starts
 from tasks.store.storage import Location
@@ -139,7 +139,7 @@ def sheet_size(count: int, width: int, height: int, thumb_width: int = 320,
     return (cols * tile_w + (cols + 1) * GAP, rows * (tile_h + CAPTION_HEIGHT) + (rows + 1) * GAP)
 
 
-def contact_sheet(out: Location, record: dict[str, Any], keyframes: pa.Table, *, count: int = 8,
+def contact_sheet(out: Location, record: ClipRecord, keyframes: pa.Table, *, count: int = 8,
                   thumb_width: int = 320, quality: int = JPEG_QUALITY) -> bytes:
     """A JPEG grid of ``count`` frames of the clip's WebM (spread evenly, preferring frames
     where some track is visible; fewer when the clip is shorter), each ``thumb_width`` px
@@ -156,7 +156,7 @@ def contact_sheet(out: Location, record: dict[str, Any], keyframes: pa.Table, *,
     with open_webm(out, record) as reader:
         frame_count = len(reader)
         if frame_count == 0:
-            raise ValueError(f"{record.get('output_uri')}: the WebM has no frames")
+            raise ValueError(f"{record.output_uri}: the WebM has no frames")
         tracks = track_segments(keyframes, frame_count)
         frames = choose_frames(frame_count, count, _visible_runs(tracks))
         boxes = _states_at(keyframes, frames, frame_count)

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.errors import ConfigError
 from tasks.recipe import Recipe
 from tasks.store.storage import Location, open_location
@@ -80,20 +81,20 @@ NO_QUEUE_IN_BUCKET = ("OUT is not a local folder and review.db is not set, so no
 # --- making tasks -------------------------------------------------------------------------------
 
 
-def task_key(record: dict[str, Any], track_id: int | None = None) -> str:
+def task_key(record: ClipRecord, track_id: int | None = None) -> str:
     """One task per clip (or track) ever: the key a rerun finds again."""
-    base = f"clip:{record['recording']}:{int(record['clip_index'])}"
+    base = f"clip:{record.recording}:{int(record.clip_index)}"
     return base if track_id is None else f"{base}:track:{int(track_id)}"
 
 
-def review_keys(recipe: Recipe, record: dict[str, Any], track_ids: list[int]) -> list[str]:
+def review_keys(recipe: Recipe, record: ClipRecord, track_ids: list[int]) -> list[str]:
     """The keys of the clip's review tasks: one for the clip, or one per track."""
     if recipe.review.unit == "clip" or not track_ids:
         return [task_key(record)]
     return [task_key(record, tid) for tid in sorted(track_ids)]
 
 
-def clip_review_tasks(out: Location, recipe: Recipe, record: dict[str, Any], rows: pa.Table,
+def clip_review_tasks(out: Location, recipe: Recipe, record: ClipRecord, rows: pa.Table,
                       shot_starts: frozenset[int], files: dict[str, list[str]], dataset: str,
                       config: str | None, have: set[str] = frozenset(),
                       ) -> list[tuple[str, float | None, dict[str, Any]]]:
@@ -102,7 +103,7 @@ def clip_review_tasks(out: Location, recipe: Recipe, record: dict[str, Any], row
     import-ready annotation files and what a result must be applied with (OUT, dataset,
     recipe). A key in ``have`` has a task already and is not measured (a rerun adds
     nothing): its priority is None and its payload only its clip."""
-    where = {"recording": record["recording"], "clip_index": int(record["clip_index"])}
+    where = {"recording": record.recording, "clip_index": int(record.clip_index)}
     track_ids = sorted(set(rows["track_id"].to_pylist())) if rows.num_rows else []
     made: list[tuple[str, float | None, dict[str, Any]]] = []
     for key in review_keys(recipe, record, track_ids):
@@ -110,20 +111,20 @@ def clip_review_tasks(out: Location, recipe: Recipe, record: dict[str, Any], row
             made.append((key, None, dict(where)))
             continue
         tid = int(key.rsplit(":", 1)[1]) if ":track:" in key else None
-        base = {**where, "clip_name": record["clip_name"], "video": record["output_uri"],
-                "source": record["source_uri"],
+        base = {**where, "clip_name": record.clip_name, "video": record.output_uri,
+                "source": record.source_uri,
                 "annotations": {f: files[f][0] for f in recipe.review.formats if files.get(f)},
                 "out": out.url(out.root), "dataset": dataset, "config": config,
                 "track_key": recipe.track_key()}
         mine = rows if tid is None else rows.filter(pc.equal(rows["track_id"], tid))
-        measured = measures(mine, frames=record.get("output_frames"),
-                            duration_s=record.get("output_duration_s"), shot_starts=shot_starts)
+        measured = measures(mine, frames=record.output_frames,
+                            duration_s=record.output_duration_s, shot_starts=shot_starts)
         made.append((key, priority(recipe, measured),
                      {**base, "track_ids": None if tid is None else [tid], "measures": measured}))
     return made
 
 
-def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
+def review_tasks(out: Location, recipe: Recipe, records: list[ClipRecord],
                  files: dict[tuple[str, int], dict[str, list[str]]], dataset: str,
                  config: str | None, known: Callable[[list[str]], set[str]] = lambda keys: set(),
                  ) -> list[tuple[str, float | None, dict[str, Any]]]:
@@ -140,7 +141,7 @@ def review_tasks(out: Location, recipe: Recipe, records: list[dict[str, Any]],
     no_rows = tracks.slice(0, 0) if tracks is not None else pa.table({})
     clips = []
     for record in records:
-        where = (record["recording"], int(record["clip_index"]))
+        where = (record.recording, int(record.clip_index))
         if where in files:
             clips.append((record, where, track_rows.get(where, no_rows)))
     have = known([key for record, _, rows in clips for key in review_keys(
@@ -178,7 +179,7 @@ def _enqueue(out_uri: str, recipe: Recipe, url: str | None, make) -> dict[str, A
             "per_clip": [[rec, index, n] for (rec, index), n in sorted(per_clip.items())]}
 
 
-def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
+def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[ClipRecord],
                     clips: list[dict[str, Any]], dataset: str, config: str | None,
                     url: str | None = None) -> dict[str, Any]:
     """Enqueue the review tasks of the exported ``clips`` (export summaries). A rerun adds
@@ -188,7 +189,7 @@ def enqueue_reviews(out_uri: str, recipe: Recipe, records: list[dict[str, Any]],
         out, recipe, records, files, dataset, config, known))
 
 
-def enqueue_clip_reviews(out_uri: str, recipe: Recipe, record: dict[str, Any],
+def enqueue_clip_reviews(out_uri: str, recipe: Recipe, record: ClipRecord,
                          files: dict[str, list[str]], shot_starts: list[int], dataset: str,
                          config: str | None, track_key: str) -> dict[str, Any]:
     """Enqueue one clip's review tasks as soon as it is exported (``files``), measured on

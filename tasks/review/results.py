@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from tasks.store.record import ClipRecord
 from tasks.errors import ConfigError, FormatError
 from tasks.recipe import Recipe
 from tasks.track.corrections import Review, diff_review, human_frames, replay_review
@@ -21,14 +22,12 @@ from tasks.track.review_read import read_reviewed
 from tasks.store.storage import Location, open_location
 
 
-def _record_of(out: Location, recording: str, clip_index: int) -> dict[str, Any]:
-    from tasks.store.items import read_items
+def _record_of(out: Location, recording: str, clip_index: int) -> ClipRecord:
+    from tasks.store.items import read_records
 
-    items = read_items(out)
-    if items is not None:
-        for record in items.to_pylist():
-            if record["recording"] == recording and int(record["clip_index"]) == clip_index:
-                return record
+    for record in read_records(out):
+        if record.recording == recording and int(record.clip_index) == clip_index:
+            return record
     raise ConfigError(f"{out.url(out.root)} has no clip {clip_index} of recording {recording!r}")
 
 
@@ -41,7 +40,7 @@ def _labels(out: Location, recipe: Recipe, baseline: pa.Table) -> set[str] | Non
     return set(load_label_tree(recipe.labels.file).paths) | set(baseline["label"].to_pylist())
 
 
-def current_keyframes(out: Location, record: dict[str, Any]) -> pa.Table:
+def current_keyframes(out: Location, record: ClipRecord) -> pa.Table:
     from tasks.compact.stage import KEYFRAMES_FILE
     from tasks.export.stage import clip_keyframes
     from tasks.annotations.keyframes import KEYFRAME_SCHEMA

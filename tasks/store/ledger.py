@@ -50,8 +50,12 @@ class Unit:
 class Ledger:
     """The look-up answers of one stage in one output folder (see the module's docstring)."""
 
-    def __init__(self, out: Location, stage: str, units: list[Unit]):
+    def __init__(self, out: Location, stage: str, units: list[Unit],
+                 encode: Callable[[Any], Any] = lambda answer: answer,
+                 decode: Callable[[Any], Any] = lambda kept: kept):
+        """``encode``/``decode``: an answer to and from its JSON-able form (a typed record)."""
         self.out, self.units = out, units
+        self._encode, self._decode = encode, decode
         self.path = out.path(LEDGER_DIR, f"{stage}.json")
         self._folders = sorted({folder for unit in units for folder, _ in unit.reads})
         try:
@@ -77,7 +81,7 @@ class Ledger:
             entry = self._entries.get(unit.key)
             fresh = (isinstance(entry, list) and len(entry) == 2
                      and entry[0] == self._listing.digest(unit.reads))
-            found.append(entry[1] if fresh else None)
+            found.append(self._decode(entry[1]) if fresh else None)
         return found
 
     def look_up(self, look: Callable[[int], Any], quiet: bool = True) -> list[Any]:
@@ -119,6 +123,7 @@ class Ledger:
         entries = {}
         for i, unit in enumerate(self.units):
             answer, listed = redone.get(i, (answers[i], self._listing))
+            answer = None if answer is None else self._encode(answer)
             if answer is not None and _round_trips(answer):
                 entries[unit.key] = [listed.digest(unit.reads), answer]
         if entries == self._entries:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import registry
+from tasks.store.record import ClipRecord
 from tasks import progress
 from tasks.media.webm import open_webm
 from tasks.errors import PipelineError
@@ -58,7 +59,7 @@ class _End:
         return {"status": self.status, "box": self.box, "frame": self.frame}
 
 
-def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
+def run_object(record: ClipRecord, out: Location, recipe: Recipe, key: str,
                track_id: int, stop_after_chunks: int | None = None) -> dict[str, Any]:
     """Track one object through the clip; resumes after the last finished chunk.
 
@@ -77,7 +78,7 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
         raise PipelineError(f"{base}: plan missing or unreadable; plan the clip again")
     anchors = plan.filter(pc.equal(plan["track_id"], track_id))
     if anchors.num_rows == 0:
-        raise PipelineError(f"object {track_id} is not in the plan of {record['output_uri']}")
+        raise PipelineError(f"object {track_id} is not in the plan of {record.output_uri}")
     frames = anchors["frame"].to_numpy()
     boxes = np.column_stack([anchors[c].to_numpy() for c in ("x1", "y1", "x2", "y2")])
     anchor_at = {int(f): (boxes[i], float(anchors["score"][i].as_py()), anchors["source"][i].as_py())
@@ -103,7 +104,7 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     takes_reference = "reference" in inspect.signature(tracker.init).parameters
     anchor_frames = np.asarray(sorted(anchor_at), np.int64)
     with open_webm(out, record, timeline) as reader, \
-            progress.meter("track", record["source_uri"], None) as meter:
+            progress.meter("track", record.source_uri, None) as meter:
         scaler = _Scaler(record, cfg.max_side)
         state, live = None, False  # the tracker, kept across chunks within this run
         for c in range(done, len(chunk_starts)):
@@ -134,7 +135,7 @@ def run_object(record: dict[str, Any], out: Location, recipe: Recipe, key: str,
     if not chunks:
         # The chunk files are gone although this object ran: something else removed them.
         # Writing an empty table here would replace good rows with none.
-        raise PipelineError(f"object {track_id} of {record['output_uri']}: its chunk files "
+        raise PipelineError(f"object {track_id} of {record.output_uri}: its chunk files "
                             "vanished while it was tracked (another run on this OUT?); run again")
     merged = _Rows()
     for chunk in chunks:
@@ -203,8 +204,8 @@ def _step(tracker, state, image, index, anchor_at, last_anchor, end: _End, rows:
 class _Scaler:
     """Frames for the tracker, optionally shrunk; boxes between WebM and tracker pixels."""
 
-    def __init__(self, record: dict[str, Any], max_side: int | None):
-        self.size = (int(record["output_width"]), int(record["output_height"]))
+    def __init__(self, record: ClipRecord, max_side: int | None):
+        self.size = (int(record.output_width), int(record.output_height))
         self.model = fit_within(self.size, max_side)
         self.factor = np.array([self.size[0] / self.model[0], self.size[1] / self.model[1]] * 2)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.track.associate import associate
 from tasks.detect.state import STATE_DIR as DETECT_DIR
 from tasks.detect.state import read_motion
@@ -76,12 +77,12 @@ def load_keyframes(uri: str, out: Location) -> tuple[pa.Table, str]:
     return table, hashlib.sha256(data).hexdigest()[:16]
 
 
-def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
+def plan_clip(record: ClipRecord, out: Location, recipe: Recipe,
               keyframes: pa.Table | None = None, key: str | None = None) -> dict[str, Any]:
     """The clip's objects and keyframes, and its timeline; returns the object ids."""
     key = key or track_key(recipe, None)
     base = clip_dir(out, record, key)
-    summary = {"recording": record["recording"], "clip_index": record["clip_index"], "key": key}
+    summary = {"recording": record.recording, "clip_index": record.clip_index, "key": key}
     done = read_state_json(out, f"{base}/plan.json")
     if (isinstance(done, dict) and readable_parquet(out, f"{base}/plan.parquet")
             and readable_parquet(out, f"{base}/timeline.parquet")):
@@ -91,12 +92,12 @@ def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
     plans = []
     human_ids: set[int] = set()
     if keyframes is not None:
-        mine = keyframes.filter(pc.and_(pc.equal(keyframes["recording"], record["recording"]),
-                                        pc.equal(keyframes["clip_index"], record["clip_index"])))
+        mine = keyframes.filter(pc.and_(pc.equal(keyframes["recording"], record.recording),
+                                        pc.equal(keyframes["clip_index"], record.clip_index)))
         if mine.num_rows:
             too_far = pc.max(mine["frame"]).as_py() >= frame_count
             if too_far:
-                raise ConfigError(f"keyframes for {record['recording']} clip {record['clip_index']}: "
+                raise ConfigError(f"keyframes for {record.recording} clip {record.clip_index}: "
                                   f"frame {pc.max(mine['frame']).as_py()} beyond the clip's "
                                   f"{frame_count} frames")
             _check_inside(mine, record)
@@ -124,8 +125,8 @@ def plan_clip(record: dict[str, Any], out: Location, recipe: Recipe,
     return {**summary, **meta}
 
 
-def _check_inside(table: pa.Table, record: dict[str, Any]) -> None:
-    w, h = record.get("output_width"), record.get("output_height")
+def _check_inside(table: pa.Table, record: ClipRecord) -> None:
+    w, h = record.output_width, record.output_height
     if not w or not h:
         return
     x2, y2 = table["x2"].to_numpy(), table["y2"].to_numpy()
@@ -137,14 +138,14 @@ def _check_inside(table: pa.Table, record: dict[str, Any]) -> None:
                           f"{table['frame'][i].as_py()}: box outside the {w}x{h} WebM frame")
 
 
-def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe,
+def _detector_plan(out: Location, record: ClipRecord, recipe: Recipe,
                    offset: int) -> tuple[pa.Table, list[int]]:
     """The associated detector tracks (ids above ``offset``) and the clip's shot cuts."""
-    clip_id = clip_id_for(record["source_uri"])
+    clip_id = clip_id_for(record.source_uri)
     meta_raw = read_bytes(out, out.path(DETECT_DIR, f"{clip_id}.json"))
     table = read_table(out, out.path(DETECT_DIR, f"{clip_id}.parquet"))
     if meta_raw is None or table is None:
-        raise PipelineError(f"{record['output_uri']}: no detections; run detect first")
+        raise PipelineError(f"{record.output_uri}: no detections; run detect first")
     meta = json.loads(meta_raw)
     table = table.sort_by([("frame", "ascending"), ("x1", "ascending"), ("y1", "ascending")])
     frames = table["frame"].to_numpy()
@@ -170,12 +171,12 @@ def _detector_plan(out: Location, record: dict[str, Any], recipe: Recipe,
 
 
 def _smoothed(frames: np.ndarray, boxes: np.ndarray, ids: np.ndarray,
-              record: dict[str, Any]) -> np.ndarray:
+              record: ClipRecord) -> np.ndarray:
     """Each track's boxes smoothed over its frames (`tasks.track.kalman.smooth`), inside the frame."""
     from tasks.track.kalman import smooth
 
     out = boxes.copy()
-    w, h = record.get("output_width"), record.get("output_height")
+    w, h = record.output_width, record.output_height
     for tid in np.unique(ids[ids > 0]):
         rows = np.flatnonzero(ids == tid)
         out[rows] = smooth(frames[rows], boxes[rows])

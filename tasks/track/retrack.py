@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from models import registry
+from tasks.store.record import ClipRecord
 from tasks.media.webm import open_webm
 from tasks.errors import PipelineError
 from tasks.media.frames import Timeline
@@ -25,7 +26,7 @@ from tasks.track.assemble import _reviewed_path
 log = logging.getLogger(__name__)
 
 
-def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str) -> dict[str, Any] | None:
+def review_clip(record: ClipRecord, out: Location, recipe: Recipe, key: str) -> dict[str, Any] | None:
     """Apply the clip's review, if it has one, to its machine tracks: the tracker runs again
     from each human keyframe up to the object's next anchor (`tasks.track.corrections`).
     The result is kept per review digest, so a rerun redoes nothing and a new review of the
@@ -36,20 +37,20 @@ def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str)
     review = load_review(out, record)
     if review is None:
         return None
-    summary = {"recording": record["recording"], "clip_index": record["clip_index"],
+    summary = {"recording": record.recording, "clip_index": record.clip_index,
                "review": review.digest}
     path = _reviewed_path(out, record, key, review.digest)
     if readable_parquet(out, path):
         return {**summary, "status": "skipped"}
     if review.track_key and not key.startswith(review.track_key):
-        raise PipelineError(f"{record['output_uri']}: its review refers to the track ids of "
+        raise PipelineError(f"{record.output_uri}: its review refers to the track ids of "
                             f"other tracking settings ({review.track_key}, now {key}); track "
                             "with those settings, or review the clip again")
     base = clip_dir(out, record, key)
     machine = read_state_table(out, f"{base}/tracks.parquet")
     plan = read_state_table(out, f"{base}/plan.parquet")
     if machine is None or plan is None:
-        raise PipelineError(f"{record['output_uri']}: no machine tracks to apply the review to")
+        raise PipelineError(f"{record.output_uri}: no machine tracks to apply the review to")
     timeline = _load_timeline(out, base)
     times = timeline.seconds()
     anchors = {}
@@ -62,7 +63,7 @@ def review_clip(record: dict[str, Any], out: Location, recipe: Recipe, key: str)
     with _Retracker(out, record, recipe, timeline) as retrack:
         table, counts = correct_tracks(machine, anchors, review.keyframes, review.scope,
                                        len(timeline), times,
-                                       int(record.get("global_first_frame") or 0), retrack)
+                                       int(record.global_first_frame or 0), retrack)
         counts["chunks_retracked"] = retrack.chunks
     write_table(out, path, table)
     return {**summary, "status": "applied", **counts,
@@ -75,7 +76,7 @@ class _Retracker:
     next anchor; a lost object is hidden until then. Without a tracker the frames are
     interpolated towards the next anchor (held, hidden, past ``max_gap``)."""
 
-    def __init__(self, out: Location, record: dict[str, Any], recipe: Recipe, timeline: Timeline):
+    def __init__(self, out: Location, record: ClipRecord, recipe: Recipe, timeline: Timeline):
         self.cfg = recipe.track
         self.record = record
         self.opener = open_webm(out, record, timeline)

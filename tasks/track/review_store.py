@@ -8,11 +8,11 @@ import hashlib
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.store.record import ClipRecord
 from tasks.annotations.keyframes import KEYFRAME_SCHEMA, sort_tracks
 from tasks.store.storage import Location
 from tasks.store.tables import write_table
@@ -22,10 +22,10 @@ from tasks.track.corrections import Review
 REVIEW_DIR = "reviews"
 
 
-def review_path(out: Location, record: dict[str, Any]) -> str:
+def review_path(out: Location, record: ClipRecord) -> str:
     from tasks.store.items import clip_id_for
 
-    return out.path(REVIEW_DIR, f"{clip_id_for(record['source_uri'])}.parquet")
+    return out.path(REVIEW_DIR, f"{clip_id_for(record.source_uri)}.parquet")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class StoredReview:
     track_key: str | None  # the tracking settings whose track ids it refers to
 
 
-def load_review(out: Location, record: dict[str, Any]) -> StoredReview | None:
+def load_review(out: Location, record: ClipRecord) -> StoredReview | None:
     """The clip's review, or None when nobody reviewed it."""
     from tasks.store.storage import read_bytes
 
@@ -55,7 +55,7 @@ def load_review(out: Location, record: dict[str, Any]) -> StoredReview | None:
                         key.decode() if key else None)
 
 
-def save_review(out: Location, record: dict[str, Any], review: Review, task_id: int | None,
+def save_review(out: Location, record: ClipRecord, review: Review, task_id: int | None,
                 track_key: str | None = None) -> str:
     """Merge a review into the clip's review file (tracks of its scope and its new tracks are
     replaced, earlier reviews of other tracks kept) and write it atomically. Reviews of one

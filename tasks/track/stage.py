@@ -17,7 +17,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from tasks.detect.state import looked_up
+from tasks.store.record import ClipRecord
+from tasks.detect.state import look_up_identity, looked_up
 from tasks.errors import ReviewStorageError, StorageError
 from tasks.store.ledger import Ledger, Unit
 from tasks.recipe import Recipe
@@ -45,7 +46,7 @@ def run_object_uri(record, out_uri: str, recipe: Recipe, key: str, track_id: int
     return run_object(record, _out(out_uri, recipe), recipe, key, track_id)
 
 
-def tracked_before(record: dict[str, Any], out: Location, key: str) -> dict[str, Any] | None:
+def tracked_before(record: ClipRecord, out: Location, key: str) -> dict[str, Any] | None:
     """What `finish_clip_uri` would return, when the clip has nothing left to do: planned,
     its tracks table assembled, and its review (if any) applied. None otherwise."""
     from tasks.track.review_store import load_review
@@ -60,7 +61,7 @@ def tracked_before(record: dict[str, Any], out: Location, key: str) -> dict[str,
     tracks = read_state_table(out, f"{base}/tracks.parquet", ["hidden"])
     if tracks is None:
         return None
-    where = {"recording": record["recording"], "clip_index": record["clip_index"]}
+    where = {"recording": record.recording, "clip_index": record.clip_index}
     review = load_review(out, record)
     reviewed = None
     if review is not None:
@@ -72,7 +73,7 @@ def tracked_before(record: dict[str, Any], out: Location, key: str) -> dict[str,
     return {"tracks": summary, "review": reviewed, "review_error": None}
 
 
-def track_ledger(records: list[dict[str, Any]], out_uri: str, recipe: Recipe,
+def track_ledger(records: list[ClipRecord], out_uri: str, recipe: Recipe,
                  key: str) -> Ledger:
     """The `tracked_before` answers of ``records`` kept from the last run (`tasks.store.ledger`):
     each reads the clip's tracking state folder and its review file."""
@@ -81,12 +82,12 @@ def track_ledger(records: list[dict[str, Any]], out_uri: str, recipe: Recipe,
     out = _out(out_uri, recipe)
     state, reviews = out.path(STATE_DIR), out.path(REVIEW_DIR)
     return Ledger(out, "track", [
-        Unit([looked_up(record), key], ((state, clip_dir(out, record, key) + "/"),
+        Unit([look_up_identity(record), key], ((state, clip_dir(out, record, key) + "/"),
                              (reviews, review_path(out, record))))
         for record in records])
 
 
-def tracked_before_uri(record: dict[str, Any], out_uri: str, recipe: Recipe,
+def tracked_before_uri(record: ClipRecord, out_uri: str, recipe: Recipe,
                        key: str) -> dict[str, Any] | None:
     return tracked_before(record, _out(out_uri, recipe), key)
 
@@ -104,7 +105,7 @@ def finish_clip_uri(record, out_uri: str, recipe: Recipe, key: str,
     try:
         review = review_clip(record, out, recipe, key)
     except StorageError as e:
-        raise ReviewStorageError(f"applying the review of {record['output_uri']}: {e}",
+        raise ReviewStorageError(f"applying the review of {record.output_uri}: {e}",
                                  tracks) from e
     except Exception as e:  # reported by the flow; the other clips go on
         error = f"{type(e).__name__}: {e}"

@@ -8,10 +8,10 @@ import hashlib
 import json
 import logging
 from fractions import Fraction
-from typing import Any
 
 import pyarrow as pa
 
+from tasks.store.record import ClipRecord
 from tasks.errors import PipelineError
 from tasks.media.frames import Timeline
 from tasks.store.items import clip_id_for
@@ -39,13 +39,13 @@ def track_key(recipe: Recipe, keyframes_digest: str | None) -> str:
     return recipe.track_key() + (f"-{keyframes_digest[:8]}" if keyframes_digest else "")
 
 
-def clip_dir(out: Location, record: dict[str, Any], key: str) -> str:
+def clip_dir(out: Location, record: ClipRecord, key: str) -> str:
     """The clip's tracking state for these settings and this WebM (its fingerprint and
     convert settings): a clip replaced under the same name is tracked afresh."""
     from tasks.detect.state import webm_identity
 
     webm = hashlib.blake2b(json.dumps(webm_identity(record)).encode(), digest_size=4).hexdigest()
-    return out.path(STATE_DIR, clip_id_for(record["source_uri"]), f"{key}-{webm}")
+    return out.path(STATE_DIR, clip_id_for(record.source_uri), f"{key}-{webm}")
 
 
 def _load_timeline(out: Location, base: str) -> Timeline:

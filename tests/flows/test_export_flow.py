@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from flows.cli import EXIT_OK, EXIT_USAGE, main
+from tasks.store.items import read_records
 from tasks.export.stage import clip_info
 from tasks.formats import REGISTRY, format_module
 from tasks.annotations.keyframes import check_keyframes, compare_states, expand, normalise_dense
@@ -29,7 +30,7 @@ def test_export_command_on_street_sample(street_run, tmp_path, capsys):
     assert 0 < keyframes.num_rows < tracks.num_rows
     assert compare_states(normalise_dense(tracks), expand(keyframes), max_error_px=1.5) == []
 
-    (item,) = pq.read_table(out / "items.parquet").to_pylist()
+    (item,) = read_records(open_location(str(out)))
     clip = clip_info(open_location(str(out)), item)
     for name in REGISTRY:
         module = format_module(name)
@@ -46,11 +47,11 @@ def test_export_command_on_street_sample(street_run, tmp_path, capsys):
                                   max_error_px=tolerance)
         assert problems == [], f"{name}: {problems}"
     ls_all = json.loads((out / "exports" / "labelstudio" / "tasks.json").read_text())
-    assert len(ls_all) == 1 and ls_all[0]["data"]["video"] == item["output_uri"]
+    assert len(ls_all) == 1 and ls_all[0]["data"]["video"] == item.output_uri
     assert "<VideoRectangle" in (out / "exports" / "labelstudio" / "config.xml").read_text()
 
     # Spans became per-frame labels on the WebM's decoded timestamps.
-    with av.open(item["output_uri"]) as container:
+    with av.open(item.output_uri) as container:
         stream = container.streams.video[0]
         times = np.array([float(f.pts * stream.time_base) for f in container.decode(stream)])
     labels = pq.read_table(out / "frame_labels.parquet")
@@ -78,7 +79,7 @@ def test_export_command_on_street_sample(street_run, tmp_path, capsys):
                  "--frame", "7"]) == EXIT_OK
     (png,) = (out / "Snapshots").rglob("*.png")
     assert "1" in png.name and "7" in png.name
-    with av.open(item["output_uri"]) as container:
+    with av.open(item.output_uri) as container:
         frame = next(f for i, f in enumerate(container.decode(video=0)) if i == 7)
     assert np.array_equal(cv2.imread(str(png)), frame.to_ndarray(format="bgr24"))
 

@@ -18,6 +18,7 @@ import yaml
 from configs import recipe_path
 from flows.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from flows.review import EXIT_LEASE_LOST
+from tasks.store.items import read_records
 from tasks.annotations.boxmath import iou_pairs
 from tasks.export.stage import clip_info
 from tasks.formats import cvat
@@ -83,7 +84,7 @@ def test_review_round_trip(exported, capsys, tmp_path):
     # The reviewer: A's machine track is deleted and A drawn again at frames 0 and 60.
     keyframes = pq.read_table(out / "keyframes.parquet")
     machine_a = _a_track(keyframes, scene)
-    record = pq.read_table(out / "items.parquet").to_pylist()[0]
+    record = read_records(open_location(str(out)))[0]
     clip = clip_info(open_location(str(out)), record)
     sent = native.read(open(payload["annotations"]["json"], "rb").read(), clip)
     kept = sent.filter(pc.not_equal(sent["track_id"], machine_a))

@@ -18,7 +18,7 @@ from tasks.compact.stage import CACHE_DIR, compact_uri
 from tasks.detect.stage import detect_clip
 from tasks.detect.state import state_paths
 from tasks.errors import PipelineError
-from tasks.store.items import read_items
+from tasks.store.items import read_records
 from tasks.recipe import parse_recipe
 from tasks.store.storage import open_location
 from tasks.store.tables import read_table
@@ -52,7 +52,7 @@ def _track(out, record, recipe):
     for tid in plan["objects"]:
         run_object(record, out, recipe, key, tid)
     assemble_clip(record, out, key, plan["objects"])
-    write_tracks(out, [{"recording": record["recording"], "clip_index": record["clip_index"]}],
+    write_tracks(out, [{"recording": record.recording, "clip_index": record.clip_index}],
                  [record], key)
     compact_uri(out.url(out.path("tracks.parquet")), out.url(out.root), recipe)
     return key, plan
@@ -64,9 +64,9 @@ def copy(converted, tmp_path):
     root, recipe = converted
     shutil.copytree(root / "out", tmp_path / "out")
     out = open_location(str(tmp_path / "out"))
-    (record,) = read_items(out).to_pylist()
-    record = {**record, "output_uri": record["output_uri"].replace(str(root / "out"),
-                                                                 str(tmp_path / "out"))}
+    (record,) = read_records(out)
+    record = record.replace(output_uri=record.output_uri.replace(str(root / "out"),
+                                                                 str(tmp_path / "out")))
     _track(out, record, recipe)
     tables = {n: (tmp_path / "out" / n).read_bytes() for n in ("tracks.parquet", "keyframes.parquet")}
     return out, record, recipe, tmp_path / "out", tables

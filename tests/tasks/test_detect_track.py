@@ -19,12 +19,13 @@ import pytest
 import yaml
 
 from configs import recipe_path
+from tasks.store.record import ClipRecord
 from tasks.convert.batch import run_batch
 from tasks.annotations.boxmath import iou_pairs
 from tasks.detect.stage import detect_clip, make_detector, write_detections
 from tasks.detect.state import state_paths
 from tasks.errors import ConfigError, StorageError
-from tasks.store.items import read_items
+from tasks.store.items import read_records
 from tasks.recipe import parse_recipe
 from tasks.store.storage import open_location
 from tasks.track.chunks import run_object
@@ -51,8 +52,8 @@ def converted(tmp_path_factory):
     scene = render_scene(root / "data" / "cam" / "1.mp4")
     run_batch(str(root / "data"), str(root / "out"), _recipe(), "convert")
     out = open_location(str(root / "out"))
-    (record,) = read_items(out).to_pylist()
-    assert record["status"] == "converted" and record["output_frames"] == scene.frames
+    (record,) = read_records(out)
+    assert record.status == "converted" and record.output_frames == scene.frames
     return scene, root, record
 
 
@@ -62,12 +63,12 @@ def fresh_out(converted, tmp_path):
     scene, root, record = converted
     shutil.copytree(root / "out", tmp_path / "out")
     out = open_location(str(tmp_path / "out"))
-    record = {**record, "output_uri": record["output_uri"].replace(str(root / "out"), str(tmp_path / "out"))}
+    record = record.replace(output_uri=record.output_uri.replace(str(root / "out"), str(tmp_path / "out")))
     return scene, out, record
 
 
 def _webm_times(out, record):
-    with av.open(record["output_uri"]) as c:
+    with av.open(record.output_uri) as c:
         s = c.streams.video[0]
         return [float(f.pts * s.time_base) for f in c.decode(s)]
 
@@ -162,7 +163,7 @@ def test_moving_objects_recipe_quality(fresh_out):
     # Measured 0.462 and 0.543 (background subtraction learns objects present in the first
     # frames as background, leaving "ghost" boxes; see the issue note).
     assert mota >= 0.40 and idf1 >= 0.48, (mota, idf1)
-    write_tracks(out, [{"recording": record["recording"], "clip_index": record["clip_index"]}],
+    write_tracks(out, [{"recording": record.recording, "clip_index": record.clip_index}],
                  [record], key)
     table = pq.read_table(out.path("tracks.parquet"))
     assert table.num_rows == tracks.num_rows
@@ -304,7 +305,7 @@ def test_detections_within_a_frame_have_one_order_whatever_the_model_gave():
 
     xyxy = np.array([[5, 5, 20, 20], [1, 1, 9, 9], [30, 2, 40, 12], [1, 1, 9, 10]], np.float32)
     score = np.array([0.5, 0.9, 0.5, 0.9], np.float32)
-    record = {"recording": "cam", "clip_index": 0, "global_first_frame": 0}
+    record = ClipRecord(recording="cam", clip_index=0, global_first_frame=0)
     tables = []
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
         columns = _Columns()

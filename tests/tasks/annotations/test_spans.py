@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.store.record import ClipRecord
 from tasks.convert.batch import run_batch
 from tasks.media.frames import Timeline
 from tasks.labels import LabelTree
@@ -33,9 +34,9 @@ def _spans(*rows) -> pa.Table:
                      "note": [None] * len(rows)}, schema=SPAN_SCHEMA)
 
 
-def _clip(index: int, start_s: float, first_frame: int, recording: str = "rec") -> dict:
-    return {"recording": recording, "clip_index": index, "recording_start_s": start_s,
-            "global_first_frame": first_frame}
+def _clip(index: int, start_s: float, first_frame: int, recording: str = "rec") -> ClipRecord:
+    return ClipRecord(recording=recording, clip_index=index, recording_start_s=start_s,
+                      global_first_frame=first_frame)
 
 
 def _us(seconds: Fraction) -> int:
@@ -49,13 +50,13 @@ def _expected(spans: pa.Table, records, timelines) -> set[tuple]:
     for span in spans.to_pylist():
         start, end = _us(Fraction(span["start_s"])), _us(Fraction(span["end_s"]))
         for r in records:
-            t = timelines.get((r["recording"], r["clip_index"]))
-            if r["recording"] != span["recording"] or t is None:
+            t = timelines.get((r.recording, r.clip_index))
+            if r.recording != span["recording"] or t is None:
                 continue
-            zero = Fraction(str(r["recording_start_s"]))
+            zero = Fraction(str(r.recording_start_s))
             for i, pts in enumerate(t.pts.tolist()):
                 if start <= _us(zero + (pts - int(t.pts[0])) * t.time_base) < end:
-                    found.setdefault((r["clip_index"], i, span["label"]), span["span_id"])
+                    found.setdefault((r.clip_index, i, span["label"]), span["span_id"])
     return {(*key, span_id) for key, span_id in found.items()}
 
 
@@ -163,8 +164,8 @@ def test_random_vfr_clips_match_the_exact_rule():
             start += (int(pts[-1] - pts[0]) + rng.randint(1, 40)) * base + gap
             first += len(pts)
         # Spans at frame times (exactly on the boundary) and at random times.
-        ats = [float(Fraction(str(r["recording_start_s"])) + (p - int(t.pts[0])) * t.time_base)
-               for r in records for t in [timelines[("r", r["clip_index"])]] for p in t.pts.tolist()]
+        ats = [float(Fraction(str(r.recording_start_s)) + (p - int(t.pts[0])) * t.time_base)
+               for r in records for t in [timelines[("r", r.clip_index)]] for p in t.pts.tolist()]
         rows = []
         for n in range(6):
             a, b = sorted(rng.sample(ats, 2) if n % 2 else [rng.uniform(0, ats[-1] + 0.1)
@@ -286,9 +287,9 @@ def _decoded_times(uri: str) -> list[Fraction]:
 def test_frame_labels_on_converted_clips_match_decoded_frames(converted, tmp_path):
     root, labels = converted
     out = root / "out"
-    items = pq.read_table(out / "items.parquet").to_pylist()
-    decoded = {r["clip_index"]: _decoded_times(r["output_uri"]) for r in items}
-    starts = {r["clip_index"]: Fraction(str(r["recording_start_s"])) for r in items}
+    items = [ClipRecord.from_dict(r) for r in pq.read_table(out / "items.parquet").to_pylist()]
+    decoded = {r.clip_index: _decoded_times(r.output_uri) for r in items}
+    starts = {r.clip_index: Fraction(str(r.recording_start_s)) for r in items}
     at = {k: [starts[k] + t - times[0] for t in times] for k, times in decoded.items()}
     # One span from clip 0's frame 25 to clip 2's frame 3 (exact frame times: half-open),
     # one on the VFR clip's far side of its gap, one after the recording's end.
@@ -305,7 +306,7 @@ def test_frame_labels_on_converted_clips_match_decoded_frames(converted, tmp_pat
     rows = table.to_pylist()
     for row in rows:  # every row's time is the WebM's decoded time of that frame
         assert row["time_s"] == float(decoded[row["clip_index"]][row["frame"]])
-        assert row["global_frame"] == items[row["clip_index"]]["global_first_frame"] + row["frame"]
+        assert row["global_frame"] == items[row["clip_index"]].global_first_frame + row["frame"]
     walk = [(r["clip_index"], r["frame"]) for r in rows if r["label"] == "activity/walk"]
     assert walk == ([(0, i) for i in range(25, 30)] + [(1, i) for i in range(len(decoded[1]))]
                     + [(2, 0), (2, 1), (2, 2)])

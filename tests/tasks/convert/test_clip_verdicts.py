@@ -37,20 +37,20 @@ def decoded(path: str) -> list[av.VideoFrame]:
 
 
 def assert_blocked(row: dict, reason: str) -> None:
-    assert row["status"] == "blocked", row
-    assert row["reason"] == reason, (row["reason"], row["detail"])
-    assert row["detail"]
-    assert row["output_uri"] is None
+    assert row.status == "blocked", row
+    assert row.reason == reason, (row.reason, row.detail)
+    assert row.detail
+    assert row.output_uri is None
 
 
 def assert_converted(row: dict) -> list[av.VideoFrame]:
-    assert row["status"] == "converted", (row["reason"], row["detail"])
-    assert row["parity_ok"] is True
-    assert os.path.getsize(row["output_uri"]) == row["output_bytes"]
-    frames = decoded(row["output_uri"])
-    assert len(frames) == row["frame_count"] == row["output_frames"]
+    assert row.status == "converted", (row.reason, row.detail)
+    assert row.parity_ok is True
+    assert os.path.getsize(row.output_uri) == row.output_bytes
+    frames = decoded(row.output_uri)
+    assert len(frames) == row.frame_count == row.output_frames
     assert all(f.format.name == "yuv420p" for f in frames)
-    assert row["fingerprint"].startswith("b2:")
+    assert row.fingerprint.startswith("b2:")
     return frames
 
 
@@ -67,7 +67,7 @@ def test_text_renamed_mp4(tmp_path):
 def test_audio_only(tmp_path):
     row = run_one(tmp_path, "audio_only")
     assert_blocked(row, "no_video_stream")
-    assert "audio" in row["detail"]
+    assert "audio" in row.detail
 
 
 def test_truncated_moov_at_end(tmp_path):
@@ -77,13 +77,13 @@ def test_truncated_moov_at_end(tmp_path):
 def test_truncated_faststart(tmp_path):
     row = run_one(tmp_path, "truncated_mdat_cut")
     assert_blocked(row, "truncated")
-    assert row["header_frame_count"] == 30 and row["frame_count"] < 30
+    assert row.header_frame_count == 30 and row.frame_count < 30
 
 
 def test_corrupted_mid_stream_is_never_converted_to_fewer_frames(tmp_path):
     row = run_one(tmp_path, "corrupted")
     assert_blocked(row, "decode_error")
-    assert row["frame_count"] == 60  # every packet is there: the damage is in the payload
+    assert row.frame_count == 60  # every packet is there: the damage is in the payload
     assert not list((tmp_path / "out").rglob("*.webm"))
 
 
@@ -102,7 +102,7 @@ def test_ingest_blocks_the_same_inputs(tmp_path):
 def test_plain_clip_keeps_every_frame_and_timestamp(tmp_path):
     row = run_one(tmp_path, "clip")
     frames = assert_converted(row)
-    assert row["fps"] == "25/1" and row["frame_count"] == 30 and row["vfr"] is False
+    assert row.fps == "25/1" and row.frame_count == 30 and row.vfr is False
     assert [f.pts for f in frames] == [i * 40 for i in range(30)]  # ms in WebM
     for i, frame in enumerate(frames):  # content: frame i is source frame i
         assert synth.identify_frame(frame, range(30))[0] == i
@@ -111,7 +111,7 @@ def test_plain_clip_keeps_every_frame_and_timestamp(tmp_path):
 def test_clip_with_audio_gets_opus(tmp_path):
     row = run_one(tmp_path, "clip_audio")
     assert_converted(row)
-    with av.open(row["output_uri"]) as c:
+    with av.open(row.output_uri) as c:
         assert [s.codec_context.name for s in c.streams.audio] == ["opus"]
         samples = sum(f.samples for f in c.decode(c.streams.audio[0]))
     assert abs(samples / 48000 - 30 / 25) < 0.05
@@ -119,14 +119,14 @@ def test_clip_with_audio_gets_opus(tmp_path):
 
 def test_matroska_source_without_header_count(tmp_path):
     row = run_one(tmp_path, "clip_mkv")
-    assert row["header_frame_count"] is None
+    assert row.header_frame_count is None
     assert_converted(row)
 
 
 def test_vfr_stays_variable(tmp_path):
     row = run_one(tmp_path, "vfr")
     frames = assert_converted(row)
-    assert row["vfr"] is True
+    assert row.vfr is True
     expected = [round(float(t) * 1000) for t in synth.vfr_times()]
     assert [f.pts for f in frames] == expected
 
@@ -134,55 +134,55 @@ def test_vfr_stays_variable(tmp_path):
 def test_edit_list_hidden_frames_stay_hidden(tmp_path):
     row = run_one(tmp_path, "edit_list_trim")
     frames = assert_converted(row)
-    assert row["header_frame_count"] == 30 and row["discarded_frames"] == 5
-    assert row["frame_count"] == 25 and frames[0].pts == 0
+    assert row.header_frame_count == 30 and row.discarded_frames == 5
+    assert row.frame_count == 25 and frames[0].pts == 0
     assert synth.identify_frame(frames[0], range(30))[0] == 5
 
 
 def test_two_video_streams_converts_the_first(tmp_path):
     row = run_one(tmp_path, "two_video_streams")
-    assert row["video_streams"] == 2
+    assert row.video_streams == 2
     assert_converted(row)
 
 
 @pytest.mark.parametrize("kind,depth,chroma", [("10bit", 10, "420"), ("444", 8, "444")])
 def test_high_depth_and_chroma_become_8bit_420(tmp_path, kind, depth, chroma):
     row = run_one(tmp_path, kind)
-    assert (row["bit_depth"], row["chroma"]) == (depth, chroma)
+    assert (row.bit_depth, row.chroma) == (depth, chroma)
     assert_converted(row)
 
 
 def test_odd_size_is_kept(tmp_path):
     row = run_one(tmp_path, "odd_size")
     frames = assert_converted(row)
-    assert (frames[0].width, frames[0].height) == (row["stored_width"], row["stored_height"])
+    assert (frames[0].width, frames[0].height) == (row.stored_width, row.stored_height)
     assert frames[0].width % 2 == 1 and frames[0].height % 2 == 1
 
 
 def test_2997_fps_is_an_exact_fraction(tmp_path):
     row = run_one(tmp_path, "2997")
     frames = assert_converted(row)
-    assert row["fps"] == "30000/1001" and row["measured_fps"] == "30000/1001"
+    assert row.fps == "30000/1001" and row.measured_fps == "30000/1001"
     assert [f.pts for f in frames] == [int(i * 1001 / 30 + 0.5) for i in range(30)]  # FFmpeg rounds half up
-    assert row["timestamp_max_error_ms"] <= 0.5
+    assert row.timestamp_max_error_ms <= 0.5
 
 
 def test_anamorphic_pixels_become_square(tmp_path):
     row = run_one(tmp_path, "anamorphic")
     frames = assert_converted(row)
-    assert Fraction(row["sar"]) != 1
-    expected_w = round(row["stored_width"] * Fraction(row["sar"]))
-    assert (frames[0].width, frames[0].height) == (expected_w, row["stored_height"])
-    assert (row["width"], row["height"]) == (expected_w, row["stored_height"])
+    assert Fraction(row.sar) != 1
+    expected_w = round(row.stored_width * Fraction(row.sar))
+    assert (frames[0].width, frames[0].height) == (expected_w, row.stored_height)
+    assert (row.width, row.height) == (expected_w, row.stored_height)
 
 
 @pytest.mark.parametrize("kind,k", [("rotated", 1), ("rotated_270", -1)])
 def test_rotation_is_applied_to_pixels(tmp_path, kind, k):
     row = run_one(tmp_path, kind)
     frames = assert_converted(row)
-    h, w = row["stored_height"], row["stored_width"]
-    assert (frames[0].width, frames[0].height) == (h, w) == (row["width"], row["height"])
-    with av.open(row["output_uri"]) as c:
+    h, w = row.stored_height, row.stored_width
+    assert (frames[0].width, frames[0].height) == (h, w) == (row.width, row.height)
+    with av.open(row.output_uri) as c:
         assert next(c.decode(video=0)).rotation == 0  # nothing left for a player to turn
     for i, frame in enumerate(frames[:5]):
         upright = np.rot90(synth.render_frame(i, (w, h)), k=k)
@@ -195,17 +195,17 @@ def test_rotation_is_applied_to_pixels(tmp_path, kind, k):
 def test_vp8_option(tmp_path):
     row = run_one(tmp_path, "clip_audio", convert={"codec": "vp8"})
     assert_converted(row)
-    with av.open(row["output_uri"]) as c:
+    with av.open(row.output_uri) as c:
         assert c.streams.video[0].codec_context.name == "vp8"
-    assert row["output_codec"] == "vp8"
+    assert row.output_codec == "vp8"
 
 
 def test_max_height_caps_size_keeping_aspect(tmp_path):
     row = run_one(tmp_path, "anamorphic", convert={"max_height": 60, "crf": 40, "speed": 6})
     frames = assert_converted(row)
-    assert frames[0].height == 60 == row["output_height"]
-    assert frames[0].width == round(row["width"] * 60 / row["height"]) == row["output_width"]
-    assert (row["width"], row["height"]) != (row["output_width"], row["output_height"])
+    assert frames[0].height == 60 == row.output_height
+    assert frames[0].width == round(row.width * 60 / row.height) == row.output_width
+    assert (row.width, row.height) != (row.output_width, row.output_height)
 
 
 @pytest.mark.parametrize("kind,expected", [
@@ -218,6 +218,6 @@ def test_max_height_caps_size_keeping_aspect(tmp_path):
 ])
 def test_ingest_probe_fields(tmp_path, kind, expected):
     row = run_one(tmp_path, kind, mode="ingest")
-    assert row["status"] == "ingested", row["detail"]
-    assert {k: row[k] for k in expected} == expected
-    assert row["fingerprint"].startswith("b2:") and row["container"].startswith("mov")
+    assert row.status == "ingested", row.detail
+    assert {k: getattr(row, k) for k in expected} == expected
+    assert row.fingerprint.startswith("b2:") and row.container.startswith("mov")

@@ -1,6 +1,7 @@
 import numpy as np
 import pyarrow.parquet as pq
 
+from tasks.store.record import ClipRecord
 from tasks.recipe import ShotsConfig
 from tasks.detect.shots import CutFinder, cuts_of, next_cut, shots_table, write_shots
 from tasks.store.storage import open_location
@@ -52,8 +53,8 @@ def test_frames_out_of_order_are_refused():
 
 
 def test_the_shots_table_places_shots_in_the_recording(tmp_path):
-    record = {"recording": "cam", "clip_index": 2, "global_first_frame": 500,
-              "recording_start_s": 20.0}
+    record = ClipRecord(recording="cam", clip_index=2, global_first_frame=500,
+                        recording_start_s=20.0)
     shots = [{"first": 0, "last": 39, "start_s": 0.5, "last_s": 2.06},
              {"first": 40, "last": 99, "start_s": 2.1, "last_s": 4.46}]
     table = shots_table(record, shots)
@@ -64,8 +65,8 @@ def test_the_shots_table_places_shots_in_the_recording(tmp_path):
     out = open_location(str(tmp_path))
     summaries = [{"recording": "cam", "clip_index": 2, "shots": shots},
                  {"recording": "cam", "clip_index": 3, "shots": []}]
-    path = write_shots(out, summaries, [{**record, "output_duration_s": 4.0},
-                                        {**record, "clip_index": 3}])
+    path = write_shots(out, summaries, [record.replace(output_duration_s=4.0),
+                                        record.replace(clip_index=3)])
     assert pq.read_table(path).num_rows == 2
     lines = (tmp_path / "exports" / "spans" / "shots.csv").read_text().splitlines()
     assert lines == ["recording,start_s,end_s,label,note",

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.store.record import ClipRecord
 from tasks.convert.batch import run_batch
 from tasks.store.items import clip_id_for
 from tasks.recipe import parse_recipe
@@ -35,8 +36,8 @@ def converted(tmp_path_factory):
     synth.make_truncated(data / "other" / "cut.mp4", faststart=False)
     summary = run_batch(str(data), str(root / "out"), RECIPE, "convert")
     assert summary.counts == {"converted": 3, "blocked": 1}
-    items = {f"{r['recording']}/{r['clip_name']}": r
-             for r in pq.read_table(root / "out" / "items.parquet").to_pylist()}
+    items = {r.label: r for r in (ClipRecord.from_dict(row) for row in
+                                  pq.read_table(root / "out" / "items.parquet").to_pylist())}
     return root / "out", items
 
 
@@ -53,8 +54,8 @@ def _decode_all(uri: str) -> tuple[list[np.ndarray], list[float]]:
 def test_png_is_exactly_the_decoded_frame(converted, clip):
     out, items = converted
     record = items[clip]
-    images, times = _decode_all(record["output_uri"])
-    assert len(images) == record["output_frames"]
+    images, times = _decode_all(record.output_uri)
+    assert len(images) == record.output_frames
     last = len(images) - 1
     # First, last, then mid-GOP frames out of order (each snapshot seeks afresh).
     for frame in (0, last, 17, 5, last - 1):
@@ -64,10 +65,10 @@ def test_png_is_exactly_the_decoded_frame(converted, clip):
         assert np.array_equal(png, images[frame]), f"{clip} frame {frame}"
         assert not np.array_equal(png, images[frame - 1 if frame else 1])  # frames do differ
         assert row["time_s"] == times[frame] and row["frame"] == frame
-        assert row["global_frame"] == record["global_first_frame"] + frame
+        assert row["global_frame"] == record.global_first_frame + frame
         assert (row["width"], row["height"]) == (png.shape[1], png.shape[0])
-        assert row["webm_uri"] == record["output_uri"]
-        assert row["source_uri"] == record["source_uri"]
+        assert row["webm_uri"] == record.output_uri
+        assert row["source_uri"] == record.source_uri
         name = row["image_uri"].split("/")[-1]
         assert name.endswith(f"_frame{frame:06d}.png") and "/Snapshots/cam/" in row["image_uri"]
 
@@ -100,7 +101,7 @@ def test_clip_names_resolve_by_path_name_stem_or_id(converted):
     assert resolve_clip(records, "cam/b clip.mp4") is vfr
     assert resolve_clip(records, "b clip.mp4") is vfr
     assert resolve_clip(records, "b clip") is vfr
-    assert resolve_clip(records, clip_id_for(vfr["source_uri"])) is vfr
+    assert resolve_clip(records, clip_id_for(vfr.source_uri)) is vfr
     assert resolve_clip(records, "other/a") is items["other/a.mp4"]
 
 
@@ -137,7 +138,7 @@ def test_frame_that_is_not_an_index_is_refused(converted, frame):
 
 def test_blocked_clip_is_refused_with_its_reason(converted):
     out, items = converted
-    assert items["other/cut.mp4"]["status"] == "blocked"
+    assert items["other/cut.mp4"].status == "blocked"
     with pytest.raises(SnapshotError, match=r"other/cut.mp4 has no converted WebM \(status "
                        r"blocked: truncated; .*moov"):
         snapshot_uri(str(out), RECIPE, "other/cut.mp4", 0)

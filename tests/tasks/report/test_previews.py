@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.store.record import ClipRecord
 from tasks.report import sheet
 from tasks.convert.batch import run_batch
 from tasks.store.items import clip_id_for
@@ -41,7 +42,8 @@ def converted(tmp_path_factory):
     synth.make_odd_size(data / "site" / "cam 1" / "odd clip.mp4", frames=12)
     summary = run_batch(str(data), str(root / "out"), parse_recipe({}), "convert")
     assert summary.counts == {"converted": 2}
-    records = {r["clip_name"]: r for r in pq.read_table(root / "out" / "items.parquet").to_pylist()}
+    records = {r.clip_name: r for r in (ClipRecord.from_dict(row) for row in
+                                        pq.read_table(root / "out" / "items.parquet").to_pylist())}
     return open_location(str(root / "out")), records
 
 
@@ -193,7 +195,7 @@ def test_digest_depends_on_content_not_row_order(converted):
     moved = KEYFRAMES.set_column(KEYFRAMES.schema.get_field_index("x2"), "x2",
                                  pa.array([121.0] + KEYFRAMES["x2"].to_pylist()[1:], pa.float32()))
     assert clip_digest(moved, record) != digest
-    assert clip_digest(KEYFRAMES, {**record, "output_bytes": 1}) != digest
+    assert clip_digest(KEYFRAMES, record.replace(output_bytes=1)) != digest
     assert clip_digest(KEYFRAME_SCHEMA.empty_table(), record) != digest
 
 
@@ -202,7 +204,7 @@ def test_write_previews_writes_once_per_digest(converted):
     record = records["odd clip.mp4"]
     rows = _kf((1, 2, (10, 10, 60, 50), False, "start", 11, "car"),
                (1, 11, (90, 60, 150, 110), False, "end", 11, "car"),
-               recording=record["recording"], clip_index=record["clip_index"])
+               recording=record.recording, clip_index=record.clip_index)
     digest = clip_digest(rows, record)
     urls = write_previews(out, record, rows, digest)
     paths = preview_paths(out, record)
@@ -213,7 +215,7 @@ def test_write_previews_writes_once_per_digest(converted):
     assert _decode(open(paths["contact_sheet"], "rb").read()).shape[1] == sheet_size(8, 161, 121)[0]
     assert _png_size(open(paths["timeline"], "rb").read())[0] == 1000
     state = json.loads(open(os.path.join(out.root, "_state", "previews",
-                                         f"{clip_id_for(record['source_uri'])}.json")).read())
+                                         f"{clip_id_for(record.source_uri)}.json")).read())
     assert state["digest"] == digest
 
     def age_files() -> None:
@@ -236,7 +238,7 @@ def test_write_previews_writes_once_per_digest(converted):
 
 def test_markdown_embeds_the_exact_images(converted):
     _, records = converted
-    record = {**records["a.mp4"], "clip_name": "a|b*.mp4"}
+    record = records["a.mp4"].replace(clip_name="a|b*.mp4")
     jpeg = contact_sheet(converted[0], records["a.mp4"], KEYFRAMES, count=4)
     png = timeline_plot(KEYFRAMES, 40, 25.0)
     summary = {"tracks": 2, "status": "converted", "frames": 40, "review_tasks": 1}
@@ -262,5 +264,5 @@ def test_timeline_draws_shot_cuts_and_they_change_the_digest():
     image = cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(int)
     red = (image[..., 0] > 180) & (image[..., 1] < 90) & (image[..., 2] < 90)
     assert red.sum() > 20  # the dashed line (and its note)
-    record = {"output_uri": "x.webm", "output_bytes": 10, "convert_key": "k", "fingerprint": "f"}
+    record = ClipRecord(output_uri="x.webm", output_bytes=10, convert_key="k", fingerprint="f")
     assert clip_digest(KEYFRAMES, record) != clip_digest(KEYFRAMES, record, [20])

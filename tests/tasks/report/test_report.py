@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tasks.store.items import empty_record, write_items
+from tasks.store.items import write_items
+from tasks.store.record import ClipRecord
 from tasks.report.rows import artifact_rows, clip_rows, outcome_counts, outcome_line
 from tasks.store.storage import open_location
 from tasks.store.tables import write_table
 
 
 def _item(index, status, reason=None, detail=None, frames=0):
-    return {**empty_record(), "recording": "cam", "clip_name": f"{index}.mp4",
-            "clip_index": index, "status": status, "reason": reason, "detail": detail,
-            "source_uri": f"/data/cam/{index}.mp4", "frame_count": frames,
-            "output_frames": frames if status in ("converted", "skipped") else None,
-            "output_uri": f"/out/cam/{index}.webm" if status in ("converted", "skipped") else None,
-            "parity_ok": True if status in ("converted", "skipped") else None}
+    done = status in ("converted", "skipped")
+    return ClipRecord(recording="cam", clip_name=f"{index}.mp4", clip_index=index, status=status,
+                      reason=reason, detail=detail, source_uri=f"/data/cam/{index}.mp4",
+                      frame_count=frames, output_frames=frames if done else None,
+                      output_uri=f"/out/cam/{index}.webm" if done else None,
+                      parity_ok=True if done else None)
 
 
 def _rows(clips_and_tracks):

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from flows.review import guess_format
+from tasks.store.record import ClipRecord
 from tasks.errors import ConfigError
 from tasks.recipe import parse_recipe
 from tasks.review import ReviewQueue
@@ -77,9 +78,9 @@ def _pipeline_out(tmp_path):
     write_table(out, out.path("tracks.parquet"), pa.concat_tables([
         _rows(1, [0.9] * 10, [False] * 10), _rows(2, [0.2] * 10, [False] * 5 + [True] * 5),
         _rows(1, [0.95] * 10, [False] * 10, clip_index=1)]))
-    records = [{"recording": "cam", "clip_index": i, "clip_name": f"{i}.mp4",
-                "output_uri": str(out_dir / f"cam/{i}.webm"), "source_uri": f"/data/cam/{i}.mp4"}
-               for i in (0, 1)]
+    records = [ClipRecord(recording="cam", clip_index=i, clip_name=f"{i}.mp4",
+                          output_uri=str(out_dir / f"cam/{i}.webm"),
+                          source_uri=f"/data/cam/{i}.mp4") for i in (0, 1)]
     clips = [{"recording": "cam", "clip_index": i,
               "files": {"json": [f"{out_dir}/exports/json/cam/{i}.json"],
                         "cvat": [f"{out_dir}/exports/cvat/cam/{i}.xml"],
@@ -127,7 +128,7 @@ def test_queue_location(tmp_path):
     assert queue_url(recipe, "s3://bucket/out", "postgresql://u@h/db") == "postgresql://u@h/db"
     with pytest.raises(ConfigError, match="review.db"):
         queue_url(recipe, "s3://bucket/out")
-    assert task_key({"recording": "a/b", "clip_index": 3}) == "clip:a/b:3"
+    assert task_key(ClipRecord(recording="a/b", clip_index=3)) == "clip:a/b:3"
 
 
 @pytest.mark.parametrize("data, fmt", [

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tasks.store.record import ClipRecord
 from tasks.compact.algorithm import compact_tracks
 from tasks.formats.base import ClipInfo
 from tasks.errors import FormatError
@@ -274,7 +275,7 @@ def test_review_file_merges_tasks_and_keeps_its_settings(tmp_path):
     from tasks.store.storage import open_location
 
     out = open_location(str(tmp_path))
-    record = {"source_uri": "/data/cam/1.mp4"}
+    record = ClipRecord(source_uri="/data/cam/1.mp4")
     baseline = _baseline()
     one = diff_review(baseline, baseline, FRAMES, scope=[1])
     two = diff_review(baseline, baseline.filter(pc.not_equal(baseline["track_id"], 2)), FRAMES, scope=[2])

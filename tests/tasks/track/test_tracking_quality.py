@@ -20,7 +20,7 @@ from tasks.track.associate import associate
 from tasks.convert.batch import run_batch
 from tasks.detect.stage import detect_clip
 from tasks.detect.state import state_paths
-from tasks.store.items import read_items
+from tasks.store.items import read_records
 from tasks.media.motion import CameraMotion
 from tasks.recipe import AssociateConfig, load_recipe
 from tasks.store.storage import open_location
@@ -38,7 +38,7 @@ def _pipeline(tmp: Path, scene: str):
     recipe = load_recipe(recipe_path("moving-objects"))
     run_batch(str(tmp / "data"), str(tmp / "out"), recipe, "convert")
     out = open_location(str(tmp / "out"))
-    (record,) = read_items(out).to_pylist()
+    (record,) = read_records(out)
     detect_clip(record, out, recipe)
     key = track_key(recipe, None)
     plan = plan_clip(record, out, recipe, None, key)
