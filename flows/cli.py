@@ -319,6 +319,9 @@ def _report(summary: dict, as_json: bool) -> None:
               f"(t={s['time_s']:.6f} s): {s['image_uri']}")
         print(f"snapshots table: {s['snapshots_uri']}")
         return
+    if summary.get("unchanged_since"):
+        print(f"nothing changed since the run of {summary['unchanged_since']} (no flow run "
+              "needed); that run's summary:")
     if "convert" not in summary and "compact" in summary:  # compact straight from a table
         _report_compact(summary["compact"])
         return

@@ -23,7 +23,7 @@ from tasks.store.record import ClipRecord
 from tasks.export.stage import exported_before_uri
 
 if TYPE_CHECKING:
-    from flows.run import ClipRun, Job
+    from flows.job import ClipRun, Job
 
 
 def finish_recording(job: "Job", runs: list["ClipRun"]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tasks.convert.batch import failed_record
 from tasks.errors import ReviewStorageError
 
 if TYPE_CHECKING:
-    from flows.run import ClipRun, Job
+    from flows.job import ClipRun, Job
 
 
 class Lane:

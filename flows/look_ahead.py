@@ -17,7 +17,7 @@ from tasks.store.ledger import fill_missing
 from tasks.track.stage import track_ledger, tracked_before_uri
 
 if TYPE_CHECKING:
-    from flows.run import ClipRun, Job
+    from flows.job import ClipRun, Job
     from tasks.store.record import ClipRecord
 
 
