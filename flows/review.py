@@ -13,7 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-ACTIONS = ("list", "lease", "heartbeat", "complete", "release", "fail", "stats", "history", "apply")
+ACTIONS = ("list", "lease", "heartbeat", "complete", "release", "fail", "stats", "history", "apply",
+           "push", "pull")
 EXIT_LEASE_LOST = 4
 
 
@@ -81,6 +82,18 @@ def add_parser(sub) -> None:
     p = actions.add_parser("apply", help="write every stored result's review again and rerun "
                            "the pipeline for the reviewed outputs")
     common(p)
+    for name, text in (("push", "lease queued clip tasks and import them into a Label Studio "
+                        "project (made or updated) with our tracks as predictions and a video "
+                        "URL the editor loads; pushing twice adds nothing"),
+                       ("pull", "complete the queue tasks whose Label Studio tasks were "
+                        "submitted (or skipped) and apply the results; each result once")):
+        p = actions.add_parser(name, help=text, description=text + ". The server and token "
+                               "come from LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, else the "
+                               "recipe's review.label_studio.")
+        p.add_argument("--out", required=True, metavar="OUT", help="the pipeline's output folder")
+        p.add_argument("--db", metavar="URL", default=None, help="queue URL (default: OUT's)")
+        p.add_argument("--config", metavar="FILE", default=None, help="YAML recipe")
+        p.add_argument("--url", metavar="URL", default=None, help="Label Studio's URL")
 
 
 def guess_format(data: bytes) -> str:
@@ -183,11 +196,15 @@ def run(args) -> tuple[int, Any]:
             fmt = args.fmt or guess_format(data)
             done = submit_result(queue, args.id, args.worker, data, fmt, recipe)
             done["format"] = fmt
+            if "skipped" in done:  # the reviewer skipped it: the queue task went back or failed
+                return 0, done
             if not args.no_apply:
                 done["applied"] = apply_reviews(task.payload["dataset"], task.payload["out"], config)
                 if done["applied"]["failed"]:
                     return 1, done
             return 0, done
+        if action in ("push", "pull"):
+            return _label_studio(action, queue, recipe, args)
         if action == "apply":
             rebuilt = rebuild_reviews(queue, recipe, None)
             outs = {}
@@ -198,6 +215,23 @@ def run(args) -> tuple[int, Any]:
             failed = any(a["failed"] for a in applied.values())
             return (1 if failed else 0), {"rebuilt": rebuilt, "applied": applied}
     raise AssertionError(action)
+
+
+def _label_studio(action: str, queue, recipe, args) -> tuple[int, Any]:
+    from tasks.review.ls_client import LabelStudio
+    from tasks.review.ls_sync import pull, push
+
+    with LabelStudio.from_settings(recipe.review.label_studio, args.url) as client:
+        if action == "push":
+            return 0, push(queue, recipe, args.out, client)
+        pulled = pull(queue, recipe, client, args.out)
+    if pulled["completed"]:
+        first = queue.get(pulled["completed"][0]["task"]).payload
+        pulled["applied"] = apply_reviews(first["dataset"], first["out"],
+                                          args.config or first.get("config"))
+        if pulled["applied"]["failed"]:
+            return 1, pulled
+    return (1 if pulled["refused"] else 0), pulled
 
 
 def main(args) -> int:

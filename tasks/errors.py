@@ -110,6 +110,16 @@ class FormatError(PipelineError, ValueError):
     """A file in one of our formats is malformed; the message names what and where."""
 
 
+class NotReviewedError(FormatError):
+    """A result file whose task was not reviewed: ``skipped`` True when the reviewer skipped
+    it (the queue releases or fails the task, as the recipe says), False when nothing was
+    submitted yet."""
+
+    def __init__(self, message: str, skipped: bool):
+        super().__init__(message)
+        self.skipped = skipped
+
+
 class SpanError(ConfigError):
     """A span file is unreadable or malformed; the message names the file and the row."""
 
@@ -126,6 +136,11 @@ class QueueError(PipelineError):
 class LeaseLost(QueueError):
     """The worker no longer holds a live lease on the task it tried to change."""
 
+
+
+class ToolError(PipelineError):
+    """A reviewer's tool (Label Studio) refused a request or could not be reached; the
+    message names the request and the tool's answer, never the token."""
 
 
 class OutBusyError(PipelineError):

@@ -220,6 +220,27 @@ class ExportConfig(_Section):
         default_factory=lambda: list(EXPORT_FORMATS), description="formats `export` writes")
     spans: str | None = Field(None, description="time spans file (CSV, Parquet or JSON: "
                               "recording, start_s, end_s, label) turned into per-frame labels")
+    video_url: str | None = Field(None, description="the URL reviewers' tools load a WebM "
+                                  "from, as a template: {relpath} (under OUT), {path}, {uri}, "
+                                  "{name}; e.g. /data/local-files/?d={relpath} for Label "
+                                  "Studio's local files; null: the WebM's own path or URL")
+
+    @field_validator("video_url")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        import string
+
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as e:
+            raise ValueError(f"not a URL template: {e}") from None
+        unknown = sorted(set(names) - {"relpath", "path", "uri", "name"})
+        if unknown or not names:
+            raise ValueError(f"placeholders {unknown or 'none'}: use {{relpath}}, {{path}}, "
+                             "{uri} or {name}")
+        return value
 
 
 class ResultLimits(_Section):
@@ -251,6 +272,29 @@ class PriorityWeights(_Section):
     base: float = Field(0.0, description="added to every task")
 
 
+class LabelStudioConfig(_Section):
+    """`preannotate review push`/`pull`: the queue's tasks in a Label Studio project."""
+
+    url: str | None = Field(None, description="the server, e.g. http://localhost:8080; the "
+                            "LABEL_STUDIO_URL environment variable wins")
+    token: SecretStr | None = Field(None, description="API token (legacy token or personal "
+                                    "access token); the LABEL_STUDIO_API_KEY environment "
+                                    "variable wins; never logged")
+    project: str | None = Field(None, description="project title (made if missing); null: "
+                                "'preannotate <OUT folder name>'")
+    video: Literal["auto", "upload", "template", "presigned"] = Field(
+        "auto", description="how the editor gets a WebM: upload it to the project, "
+        "export.video_url's template, or a presigned HTTPS URL (buckets); auto: the template "
+        "when set, presigned for a bucket, else upload (works with no set-up)")
+    presign_seconds: int = Field(7 * 86400, ge=60, le=7 * 86400, description="life of a "
+                                 "presigned URL (S3 allows at most 7 days)")
+    worker: str = Field("label-studio", min_length=1, description="the queue worker name the "
+                        "pushed tasks are leased to")
+    lease_seconds: float = Field(7 * 86400, gt=0, le=7 * 86400, description="lease of a "
+                                 "pushed task; every push and pull renews the open ones")
+    batch: int = Field(100, ge=1, le=10_000, description="most tasks one push leases")
+
+
 class ReviewConfig(_Section):
     enqueue: bool = Field(True, description="export enqueues one review task per unit")
     db: str | None = Field(None, description="queue URL: sqlite:///path or postgresql://...; "
@@ -261,11 +305,16 @@ class ReviewConfig(_Section):
                               "before a task is dead-lettered")
     lease_seconds: float = Field(1800.0, gt=0, le=7 * 86400, description="lease length "
                                  "reviewers get by default")
+    on_skipped: Literal["release", "fail"] = Field(
+        "release", description="a result whose task the reviewer skipped (Label Studio's Skip): "
+        "release the queue task for another reviewer, or fail it with the reason (counted "
+        "against max_attempts)")
     formats: list[Literal["json", "cvat", "labelstudio", "dataloop"]] = Field(  # type: ignore
         default_factory=lambda: ["json", "cvat", "labelstudio", "dataloop"],
         description="import-ready files a task's payload points to (those exported)")
     priority: PriorityWeights = PriorityWeights()
     limits: ResultLimits = ResultLimits()
+    label_studio: LabelStudioConfig = LabelStudioConfig()
 
 
 class Recipe(_Section):

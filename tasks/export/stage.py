@@ -9,6 +9,8 @@ file.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import posixpath
 from fractions import Fraction
@@ -17,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.export.video_url import video_url as render_video_url
+from tasks.store.items import clip_id_for
 from tasks.store.record import ClipRecord
 from tasks.compact.stage import KEYFRAMES_FILE
 from tasks.errors import ConfigError, PipelineError
@@ -56,7 +60,8 @@ def clip_info(out: Location, record: ClipRecord) -> ClipInfo:
     return ClipInfo(recording=record.recording, clip_index=int(record.clip_index),
                     name=record.clip_name, video_uri=record.output_uri,
                     width=int(record.output_width), height=int(record.output_height),
-                    frames=len(timeline), fps=Fraction(fps), times_s=times)
+                    frames=len(timeline), fps=Fraction(fps), times_s=times,
+                    clip_id=clip_id_for(record.source_uri))
 
 
 def clip_keyframes(keyframes: pa.Table, record: ClipRecord) -> pa.Table:
@@ -81,9 +86,10 @@ def export_path(out: Location, fmt: str, record: ClipRecord, extension: str) -> 
 
 EXPORT_STATE_DIR = "_state/export"
 # Bump when a writer's output changes, so unchanged clips are written again.
-EXPORT_VERSION = 1
+# 2: Label Studio tasks name their clip (data.clip_id, recording, clip_index, clip).
+EXPORT_VERSION = 2
 # What a clip's files depend on besides its keyframes (the WebM and how it is described).
-_CLIP_FIELDS = ("recording", "clip_index", "clip_name", "output_uri", "output_bytes",
+_CLIP_FIELDS = ("source_uri", "recording", "clip_index", "clip_name", "output_uri", "output_bytes",
                 "output_width", "output_height", "output_fps_measured", "fps", "fingerprint",
                 "convert_key")
 
@@ -104,13 +110,15 @@ def clip_rows(out: Location, compacted: dict[str, Any] | None) -> pa.Table:
     return rows.cast(KEYFRAME_SCHEMA)
 
 
-def _base_digest(record: ClipRecord, compacted: dict[str, Any] | None) -> str:
+def _base_digest(record: ClipRecord, compacted: dict[str, Any] | None,
+                 video_url: str | None = None) -> str:
     """What a clip's files depend on: its keyframes (named by what they were computed
-    from), the clip, and the writers' version."""
+    from), the clip, the video URL template, and the writers' version."""
     import hashlib
 
     text = json.dumps([compacted["keyframes_file"] if compacted else None,
-                       [getattr(record, k) for k in _CLIP_FIELDS], EXPORT_VERSION], default=str)
+                       [getattr(record, k) for k in _CLIP_FIELDS], EXPORT_VERSION, video_url],
+                      default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -123,15 +131,15 @@ def _summary(record: ClipRecord, compacted: dict[str, Any] | None, files, writte
 
 
 def export_clip(record: ClipRecord, out: Location, formats: list[str],
-                compacted: dict[str, Any] | None, labels: list[str] | None = None) -> dict[str, Any]:
+                compacted: dict[str, Any] | None, labels: list[str] | None = None,
+                video_url: str | None = None) -> dict[str, Any]:
     """Write one clip's keyframes (``compacted``: its `tasks.compact.stage` summary) in every
     asked format (not `parquet`: the tables are already written). MOT numbers classes by
     ``labels``, the labels of the whole run. A format whose inputs (the clip's keyframes,
     its WebM, the writer) are unchanged since the last run, and whose files are still there,
-    is not written again."""
-    from tasks.store.items import clip_id_for
-
-    base = _base_digest(record, compacted)
+    is not written again. ``video_url``: the recipe's template of the URL tools load the
+    WebM from (`tasks.export.video_url`)."""
+    base = _base_digest(record, compacted, video_url)
     labels = labels or []
     state_path = out.path(EXPORT_STATE_DIR, f"{clip_id_for(record.source_uri)}.json")
     state = read_state_json(out, state_path)
@@ -153,7 +161,8 @@ def export_clip(record: ClipRecord, out: Location, formats: list[str],
                 size_of(out, path) == size for path, size in before["sizes"].items()):
             written[fmt], done[fmt] = before["files"], before
             continue
-        clip = clip or clip_info(out, record)
+        clip = clip or dataclasses.replace(clip_info(out, record),
+                                           video_url=render_video_url(video_url, out, record))
         rows = rows if rows is not None else clip_rows(out, compacted)
         module = format_module(fmt)
         path = export_path(out, fmt, record, module.EXTENSION)
@@ -176,7 +185,8 @@ def export_clip(record: ClipRecord, out: Location, formats: list[str],
 
 def exported_before(out: Location, records: list[ClipRecord], formats: list[str],
                     compacted: list[dict[str, Any] | None],
-                    labels: list[str] | None = None) -> list[dict[str, Any] | None]:
+                    labels: list[str] | None = None,
+                    video_url: str | None = None) -> list[dict[str, Any] | None]:
     """For each clip (``compacted``: its compaction summary), what `export_clip` would return
     when every asked format's files are current (same keyframes, clip and writer; files
     there with their sizes), else None. One listing of the exports for all clips, and each
@@ -199,7 +209,7 @@ def exported_before(out: Location, records: list[ClipRecord], formats: list[str]
     ledger.keep(states)
 
     def look(record: ClipRecord, kept: dict[str, Any] | None, state: Any):
-        base = _base_digest(record, kept)
+        base = _base_digest(record, kept, video_url)
         if not isinstance(state, dict):
             return None
         files = {}
@@ -253,14 +263,15 @@ def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[s
 
 def export_clip_uri(record: ClipRecord, out_uri: str, recipe: Recipe, formats: list[str],
                     compacted: dict[str, Any] | None, labels: list[str] | None = None):
-    return export_clip(record, open_location(out_uri, recipe.storage), formats, compacted, labels)
+    return export_clip(record, open_location(out_uri, recipe.storage), formats, compacted, labels,
+                       recipe.export.video_url)
 
 
 def exported_before_uri(out_uri: str, recipe: Recipe, records: list[ClipRecord],
                         formats: list[str], compacted: list[dict[str, Any] | None],
                         labels: list[str] | None = None) -> list[dict[str, Any] | None]:
     return exported_before(open_location(out_uri, recipe.storage), records, formats, compacted,
-                           labels)
+                           labels, recipe.export.video_url)
 
 
 def finish_uri(out_uri: str, recipe: Recipe, formats: list[str], clips: list[dict[str, Any]]):

@@ -25,6 +25,11 @@ class ClipInfo:
     # Readers number tracks a tool added (no id of ours) from here on, so that a new track
     # never takes the id of one the reviewer deleted (None: after the file's largest id).
     new_track_ids_from: int | None = None
+    # The clip's stable id (its state record's name): a tool's task carries it in its data,
+    # so any export of a project, whatever URLs it holds, is matched task by task.
+    clip_id: str | None = None
+    # The URL a reviewer's tool loads the video from (None: ``video_uri``).
+    video_url: str | None = None
 
     def time_of(self, frame: int) -> float:
         """Decoded timestamp of ``frame`` (s); frame / fps only when the timeline is unknown."""

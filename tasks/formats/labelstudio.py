@@ -25,6 +25,13 @@ way offline):
   The config reads the rate from the task (``frameRate="$fps"``), as the editor maps time to
   frames with it (24 by default).
 Box values are written in full float precision: a round trip is exact to float32 (1e-4 px).
+
+A task names its clip in its data (``clip_id``, the clip's stable id, with ``recording``,
+``clip_index`` and ``clip`` for people), so a reader finds the clip's task in any export of
+the project (whole or partial, whatever video URLs it carries) and knows a file is that clip's
+even when the reviewer deleted every region. An export lists what a task holds as the server
+keeps it: annotations (``was_cancelled`` when the reviewer skipped the task) and predictions,
+as objects or, in the server's task lists, as ids only.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from xml.sax.saxutils import quoteattr
 import pyarrow as pa
 
 from tasks.formats.base import ClipInfo
-from tasks.errors import FormatError
+from tasks.errors import FormatError, NotReviewedError
 from tasks.formats.linear import Key, Run, TrackFrames, keyframe_table, runs, track_frames
 from tasks.annotations.keyframes import attributes_json
 
@@ -96,38 +103,86 @@ def write(keyframes: pa.Table, clip: ClipInfo) -> bytes:
     prediction: dict[str, Any] = {"model_version": MODEL_VERSION, "result": regions}
     if scores:
         prediction["score"] = round(sum(scores) / len(scores), 6)
-    task = {"data": {"video": clip.video_uri, "fps": float(clip.fps)},
-            "predictions": [prediction]}
+    task = {"data": task_data(clip), "predictions": [prediction]}
     return json.dumps([task], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _task(doc: Any, clip: ClipInfo) -> tuple[dict, str]:
+def task_data(clip: ClipInfo) -> dict[str, Any]:
+    """A task's ``data``: the video the editor loads, its rate, and the clip it is."""
+    data: dict[str, Any] = {"video": clip.video_url or clip.video_uri, "fps": float(clip.fps)}
+    if clip.clip_id:
+        data.update(clip_id=clip.clip_id, recording=clip.recording, clip_index=clip.clip_index,
+                    clip=clip.name)
+    return data
+
+
+def _task(doc: Any, clip: ClipInfo) -> tuple[dict, str, bool]:
+    """The clip's task in a task list, where it is, and whether its data names the clip."""
     tasks = doc if isinstance(doc, list) else [doc]
     if not all(isinstance(t, dict) for t in tasks):
         raise FormatError("expected a JSON list of Label Studio tasks (objects)")
-    mine = [i for i, t in enumerate(tasks)
-            if isinstance(t.get("data"), dict) and t["data"].get("video") == clip.video_uri]
+    data = [t["data"] if isinstance(t.get("data"), dict) else {} for t in tasks]
+    if clip.clip_id and any(d.get("clip_id") is not None for d in data):
+        mine = [i for i, d in enumerate(data) if d.get("clip_id") == clip.clip_id]
+        if len(mine) != 1:
+            raise FormatError(f"{len(mine)} of {len(tasks)} tasks are clip {clip.clip_id} "
+                              f"({clip.recording}/{clip.name}: data.clip_id); expected one")
+        return tasks[mine[0]], f"[{mine[0]}]", True
+    urls = {clip.video_uri, clip.video_url} - {None}
+    mine = [i for i, d in enumerate(data) if d.get("video") in urls]
     if len(mine) > 1 or (not mine and len(tasks) != 1):
         raise FormatError(f"{len(mine)} of {len(tasks)} tasks have data.video = "
                           f"{clip.video_uri!r}; expected one")
     i = mine[0] if mine else 0
-    return tasks[i], f"[{i}]"
+    return tasks[i], f"[{i}]", False
 
 
 def _result(task: dict, where: str) -> tuple[list, str]:
-    """A person's annotation if there is one, else the prediction."""
-    for key in ("annotations", "predictions"):
-        found = task.get(key) or []
-        items = [(i, a) for i, a in enumerate(found) if not (isinstance(a, dict) and
-                                                             a.get("was_cancelled"))]
-        if len(items) > 1:
-            raise FormatError(f"{where}.{key}: {len(items)} of them; keep one per task")
-        if items:
-            i, item = items[0]
-            if not isinstance(item, dict) or not isinstance(item.get("result"), list):
-                raise FormatError(f"{where}.{key}[{i}]: not an object with a result list")
-            return item["result"], f"{where}.{key}[{i}].result"
+    """The person's submitted annotation; for a task nobody annotated, the prediction
+    written with it (our own file). A task skipped, or not submitted and holding its
+    predictions as ids only (the server's task lists), is `NotReviewedError`."""
+    found = task.get("annotations") or []
+    if not isinstance(found, list):
+        raise FormatError(f"{where}.annotations: not a list")
+    annotations = [(i, a) for i, a in enumerate(found) if isinstance(a, dict)]
+    submitted = [(i, a) for i, a in annotations if not a.get("was_cancelled")]
+    if len(submitted) > 1:
+        raise FormatError(f"{where}.annotations: {len(submitted)} of them; keep one per task")
+    if submitted:
+        return _result_list(*submitted[0], f"{where}.annotations")
+    task_id = f"Label Studio task {task['id']}" if "id" in task else f"task {where}"
+    if annotations:  # every annotation was cancelled: the reviewer pressed Skip
+        raise NotReviewedError(f"{task_id} was skipped by its reviewer: no result to apply",
+                               skipped=True)
+    predictions = task.get("predictions") or []
+    if not isinstance(predictions, list):
+        raise FormatError(f"{where}.predictions: not a list")
+    objects = [(i, p) for i, p in enumerate(predictions) if isinstance(p, dict)]
+    if len(objects) > 1:
+        raise FormatError(f"{where}.predictions: {len(objects)} of them; keep one per task")
+    if objects:
+        return _result_list(*objects[0], f"{where}.predictions")
+    if found or predictions:  # annotations or predictions as ids: the server's task list
+        raise NotReviewedError(f"{task_id} has no submitted annotation yet (its predictions "
+                               "are listed as ids only): submit it, then export again",
+                               skipped=False)
     return [], where
+
+
+def _result_list(i: int, item: dict, where: str) -> tuple[list, str]:
+    if not isinstance(item.get("result"), list):
+        raise FormatError(f"{where}[{i}]: not an object with a result list")
+    return item["result"], f"{where}[{i}].result"
+
+
+def names_clip(data: bytes, clip: ClipInfo) -> bool:
+    """Whether ``data`` holds a task whose data names ``clip`` by its stable id: then a result
+    with no region at all is that clip's, and means every track was deleted."""
+    try:
+        _, _, by_id = _task(json.loads(data), clip)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return by_id
 
 
 def _percent(item: dict, name: str, where: str) -> float:
@@ -142,6 +197,10 @@ def _region(region: Any, where: str, clip: ClipInfo, labels: Collection[str] | N
     if not isinstance(value, dict) or region.get("type") != "videorectangle":
         raise FormatError(f"{where}: not a videorectangle region with a value")
     label = value.get("labels")
+    if label in (None, []) or label == [""]:
+        raise FormatError(f"{where}: region {region.get('id')!r} has no label (a box drawn "
+                          "before a label was chosen): give it one of "
+                          f"{sorted(labels) if labels is not None else 'the config'}'s labels")
     if not (isinstance(label, list) and len(label) == 1 and isinstance(label[0], str)
             and label[0]) or (labels is not None and label[0] not in labels):
         raise FormatError(f"{where}.value.labels: {label!r} is not one label of "
@@ -190,7 +249,7 @@ def read(data: bytes, clip: ClipInfo, *, labels: Collection[str] | None = None) 
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"not JSON: {e}") from e
-    task, where = _task(doc, clip)
+    task, where, _ = _task(doc, clip)
     result, where = _result(task, where)
     found = []
     for i, region in enumerate(result):

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.store.record import ClipRecord
-from tasks.errors import ConfigError, FormatError
+from tasks.errors import ConfigError, FormatError, NotReviewedError
 from tasks.recipe import Recipe
 from tasks.track.corrections import Review, diff_review, human_frames, replay_review
 from tasks.track.review_store import save_review
@@ -72,7 +72,17 @@ def validate_result(payload: dict[str, Any], data: bytes, fmt: str, recipe: Reci
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise FormatError(f"the result is not UTF-8 text: {e}") from e
-    return diff_review(baseline, reviewed, clip.frames, payload.get("track_ids"))
+    return diff_review(baseline, reviewed, clip.frames, payload.get("track_ids"),
+                       names_clip=_names_clip(data, fmt, clip))
+
+
+def _names_clip(data: bytes, fmt: str, clip) -> bool:
+    """Whether the result file names its clip by the clip's stable id (Label Studio tasks)."""
+    if fmt != "labelstudio":
+        return False
+    from tasks.formats.labelstudio import names_clip
+
+    return names_clip(data, clip)
 
 
 def submit_result(queue, task_id: int, worker: str, data: bytes, fmt: str,
@@ -86,7 +96,12 @@ def submit_result(queue, task_id: int, worker: str, data: bytes, fmt: str,
         raise LeaseLost(f"task {task_id} is {task.state}"
                         f"{' by ' + task.worker if task.worker and task.state == 'leased' else ''}; "
                         f"worker {worker!r} holds no lease on it")
-    review = validate_result(task.payload, data, fmt, recipe)
+    try:
+        review = validate_result(task.payload, data, fmt, recipe)
+    except NotReviewedError as e:
+        if not e.skipped:
+            raise
+        return skipped_result(queue, task, worker, str(e), recipe)
     result = {"format": fmt, "sha256": hashlib.sha256(data).hexdigest(),
               "data": data.decode("utf-8"), "scope": list(review.scope),
               "human": human_frames(review), "changes": review.changes}
@@ -97,6 +112,19 @@ def submit_result(queue, task_id: int, worker: str, data: bytes, fmt: str,
     save_review(out, record, review, task_id, task.payload.get("track_key"))
     return {"task": task_id, "clip": task.payload["clip_name"], "recording": task.payload["recording"],
             "changes": review.changes}
+
+
+def skipped_result(queue, task, worker: str, reason: str, recipe: Recipe) -> dict[str, Any]:
+    """A task its reviewer skipped: released for another reviewer or failed with the reason
+    (``review.on_skipped``); nothing is applied to the clip."""
+    if recipe.review.on_skipped == "fail":
+        queue.fail(task.id, worker, reason)
+    else:
+        queue.release(task.id, worker)
+    queue.record(task.id, "skipped", {"reason": reason, "queue": recipe.review.on_skipped})
+    return {"task": task.id, "clip": task.payload["clip_name"],
+            "recording": task.payload["recording"], "skipped": reason,
+            "queue": "released" if recipe.review.on_skipped == "release" else "failed"}
 
 
 def rebuild_reviews(queue, recipe: Recipe, out_uri: str | None = None) -> dict[str, Any]:

@@ -79,13 +79,15 @@ def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def diff_review(baseline: pa.Table, reviewed: pa.Table, clip_frames: int,
-                scope: Collection[int] | None = None) -> Review:
+                scope: Collection[int] | None = None, names_clip: bool = False) -> Review:
     """Compare a result with the keyframes the reviewer was given (``baseline``, the clip's
     current keyframes). ``scope``: the machine track ids the task covers (None: the whole
-    clip, new tracks included); tracks of the result outside it are ignored."""
+    clip, new tracks included); tracks of the result outside it are ignored. ``names_clip``:
+    the file names this clip by its stable id, so a result with no track at all is the
+    reviewer deleting every track, not another clip's or a skipped task's file."""
     baseline = sort_tracks(baseline.cast(KEYFRAME_SCHEMA))
     reviewed = sort_tracks(reviewed.cast(KEYFRAME_SCHEMA))
-    if reviewed.num_rows == 0 and baseline.num_rows:
+    if reviewed.num_rows == 0 and baseline.num_rows and not names_clip:
         raise FormatError("the result has no tracks at all where the clip has "
                           f"{len(set(baseline['track_id'].to_pylist()))}: refused (a skipped task, "
                           "or another clip's file?); to delete tracks, leave the others in")

@@ -43,7 +43,8 @@ def exported(tmp_path_factory, prefect_harness):
     (root / "data" / "cam").mkdir(parents=True)
     scene = render_scene(root / "data" / "cam" / "1.mp4")
     recipe = yaml.safe_load(recipe_path("moving-objects").read_text())
-    recipe["export"] = {"formats": ["json", "cvat", "labelstudio", "dataloop"]}
+    recipe["export"] = {"formats": ["json", "cvat", "labelstudio", "dataloop"],
+                        "video_url": "/data/local-files/?d={relpath}"}
     config = root / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe))
     out = root / "out"
@@ -80,6 +81,28 @@ def test_review_round_trip(exported, capsys, tmp_path):
     code, leased = _review(capsys, "lease", "--out", str(out), "--worker", "alice",
                            "--lease-seconds", "600")
     assert code == EXIT_OK and leased["id"] == task["id"] and leased["worker"] == "alice"
+
+    # Label Studio's own export of the task, skipped by its reviewer (predictions as ids, as
+    # the server lists them): the queue task is released for another reviewer (the recipe's
+    # default), nothing is applied.
+    skipped_export = json.loads(open(payload["annotations"]["labelstudio"], "rb").read())
+    skipped_export[0].update(id=5, annotations=[{"id": 1, "was_cancelled": True, "result": []}],
+                             predictions=[9])
+    skipped = tmp_path / "skipped.json"
+    skipped.write_text(json.dumps(skipped_export))
+    code, done = _review(capsys, "complete", str(task["id"]), "--out", str(out), "--worker",
+                         "alice", "--result", str(skipped))
+    assert code == EXIT_OK and done["queue"] == "released" and "skipped" in done["skipped"]
+    assert not (out / "reviews").exists()
+    code, stats = _review(capsys, "stats", "--out", str(out))
+    assert stats["queued"] == 1 and stats["leased"] == 0
+    skipped_export[0]["annotations"] = []  # not submitted yet: refused, the lease kept
+    skipped.write_text(json.dumps(skipped_export))
+    code, leased = _review(capsys, "lease", "--out", str(out), "--worker", "alice",
+                           "--lease-seconds", "600")
+    code, _ = _review(capsys, "complete", str(task["id"]), "--out", str(out), "--worker",
+                      "alice", "--result", str(skipped))
+    assert code == EXIT_USAGE and "no submitted annotation" in _review.err, _review.err
 
     # The reviewer: A's machine track is deleted and A drawn again at frames 0 and 60.
     keyframes = pq.read_table(out / "keyframes.parquet")
@@ -195,3 +218,24 @@ def test_review_round_trip(exported, capsys, tmp_path):
     tracks = pq.read_table(out / "tracks.parquet")
     assert tracks.num_rows and set(tracks["source"].to_pylist()) <= {"detector", "tracker",
                                                                      "interpolated"}
+
+
+def test_a_label_studio_result_deleting_every_track_is_that_clips(exported):
+    """An export whose task names the clip (data.clip_id) with every region deleted is the
+    reviewer deleting every track; the same file without the clip's id could be any clip's."""
+    from tasks.errors import FormatError
+    from tasks.recipe import load_recipe
+    from tasks.review.results import validate_result
+
+    scene, root, out, config = exported
+    (ours,) = json.loads((out / "exports" / "labelstudio" / "cam" / "1.json").read_bytes())
+    assert ours["data"]["clip_id"] and ours["data"]["clip"] == "1.mp4"
+    assert ours["data"]["video"] == "/data/local-files/?d=cam/1.webm"  # the recipe's template
+    ours.update(id=3, annotations=[{"id": 1, "result": []}], predictions=[])
+    payload = {"out": str(out), "recording": "cam", "clip_index": 0}
+    recipe = load_recipe(str(config))
+    review = validate_result(payload, json.dumps([ours]).encode(), "labelstudio", recipe)
+    assert review.changes["tracks_added"] == [] and len(review.changes["tracks_deleted"]) >= 3
+    del ours["data"]["clip_id"]
+    with pytest.raises(FormatError, match="no tracks at all"):
+        validate_result(payload, json.dumps([ours]).encode(), "labelstudio", recipe)

@@ -4,6 +4,7 @@ offline validation and keyframe expansion (peer environment), reviewer files, ba
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import tempfile
 import xml.etree.ElementTree as ET
@@ -15,7 +16,7 @@ import pytest
 
 from tasks.compact.algorithm import compact_tracks
 from tasks.formats import labelstudio as ls
-from tasks.errors import FormatError
+from tasks.errors import FormatError, NotReviewedError
 from tasks.annotations.keyframes import compare_states, expand, normalise_dense
 from tests.peer import run_peer
 from tests.tasks.formats.test_cvat import (CLIP, CLIP_FRAMES, COMPACT_PX, HAND, SNIPPETS, box,
@@ -195,7 +196,8 @@ BAD = [
     (mutated("0.annotations.0.was_cancelled", False), "2 of them", None),
     (mutated(f"{R}.type", "rectangle"), r"\[0\]\.annotations\[1\]\.result\[0\]: not a video", None),
     (mutated(f"{R}.value.labels", ["dog"]), r"\['dog'\] is not one label of \['bus', 'car'", "l"),
-    (mutated(f"{R}.value.labels", []), "is not one label", None),
+    (mutated(f"{R}.value.labels", []), r"region 'track-7' has no label \(a box drawn", None),
+    (mutated(f"{R}.value.labels", None), r"region 'track-7' has no label", "l"),
     (mutated(f"{R}.value.sequence", []), "not a non-empty list", None),
     (mutated(f"{R}.value.sequence.0.frame", 0), r"sequence\[0\]\.frame: 0 is not a frame 1\.\.90",
      None),
@@ -215,3 +217,86 @@ BAD = [
 def test_bad_input_is_named(data, message, strict):
     with pytest.raises(FormatError, match=message):
         ls.read(data, CLIP, labels=["bus", "car", "truck"] if strict else None)
+
+
+# --- tasks that name their clip, and the server's own exports -------------------------------
+
+NAMED = dataclasses.replace(CLIP, clip_id="0123456789abcdef0123",
+                            video_url="/data/local-files/?d=out/rec-01/10.webm")
+
+
+def named_export(annotations, predictions=None, url="http://ls.example/data/upload/1/x.webm"):
+    """A whole-project export as the server gives it: our task among others, its video URL
+    rewritten, predictions as ids unless given."""
+    ours = json.loads(ls.write(without_hidden_changes(HAND), NAMED))[0]
+    ours["data"]["video"] = url
+    ours.update(id=41, annotations=annotations,
+                predictions=[101] if predictions is None else predictions)
+    other = {"id": 42, "data": {**ours["data"], "clip_id": "ffffffffffffffffffff"},
+             "annotations": [], "predictions": [102]}
+    return json.dumps([other, ours]).encode()
+
+
+def test_tasks_name_their_clip_and_carry_the_video_url():
+    (task,) = json.loads(ls.write(HAND, NAMED))
+    assert task["data"] == {"video": NAMED.video_url, "fps": float(NAMED.fps),
+                            "clip_id": NAMED.clip_id, "recording": "rec-01", "clip_index": 3,
+                            "clip": "10.mp4"}
+
+
+def test_a_whole_project_export_is_matched_by_clip_id_whatever_its_urls():
+    result = json.loads(ls.write(without_hidden_changes(HAND), NAMED))[0]["predictions"][0]["result"]
+    data = named_export([{"id": 7, "result": result, "was_cancelled": False}])
+    back = ls.read(data, NAMED)
+    assert compare_states(states(back), states(ls.read(ls.write(without_hidden_changes(HAND),
+                                                                 NAMED), NAMED)),
+                          max_error_px=EXACT_PX) == []
+    assert ls.names_clip(data, NAMED)
+    with pytest.raises(FormatError, match="0 of 2 tasks are clip 9999"):
+        ls.read(data, dataclasses.replace(NAMED, clip_id="9999"))
+
+
+def test_skipped_and_unsubmitted_tasks_are_told_apart():
+    with pytest.raises(NotReviewedError, match="task 41 was skipped") as skipped:
+        ls.read(named_export([{"id": 7, "result": [], "was_cancelled": True}]), NAMED)
+    assert skipped.value.skipped
+    with pytest.raises(NotReviewedError, match="task 41 has no submitted annotation") as waiting:
+        ls.read(named_export([]), NAMED)
+    assert not waiting.value.skipped
+    with pytest.raises(NotReviewedError, match="no submitted annotation"):
+        ls.read(named_export([7]), NAMED)  # annotations listed as ids, none submitted
+
+
+def test_every_track_deleted_is_an_empty_result_of_that_clip():
+    data = named_export([{"id": 7, "result": [], "was_cancelled": False}])
+    assert ls.read(data, NAMED).num_rows == 0 and ls.names_clip(data, NAMED)
+    # Without the clip's id in the task, an empty file could be any clip's.
+    unnamed = json.loads(data)[1]
+    for key in ("clip_id", "recording", "clip_index", "clip"):
+        del unnamed["data"][key]
+    assert not ls.names_clip(json.dumps([unnamed]).encode(), NAMED)
+
+
+def test_the_editors_own_rewrites_keep_a_moved_box():
+    """The editor leaves origin "prediction" on a region it moved, and rewrites every "time"
+    as frame / frameRate: what changed is read from the geometry."""
+    from tasks.track.corrections import diff_review
+
+    table = without_hidden_changes(HAND)
+    result = json.loads(ls.write(table, NAMED))[0]["predictions"][0]["result"]
+    region = result[0]
+    assert region["origin"] == "prediction"
+    moved = region["value"]["sequence"][0]
+    moved["x"] += 20 / NAMED.width * 100  # 20 px to the right, origin left as it was
+    for r in result:
+        for item in r["value"]["sequence"]:
+            item["time"] = (item["frame"]) / float(NAMED.fps)
+    reviewed = ls.read(named_export([{"id": 7, "result": result}]), NAMED)
+    review = diff_review(ls.read(ls.write(table, NAMED), NAMED), reviewed, NAMED.frames)
+    track = int(region["id"].split("-")[1])
+    assert review.changes["keyframes"]["moved"] == 1
+    (change,) = review.changes["tracks"][str(track)]["moved"]
+    assert change["frame"] == moved["frame"] - 1 and change["px"] == pytest.approx(20.0, abs=1e-3)
+    human = review.keyframes.filter(pc.equal(review.keyframes["source"], "human"))
+    assert set(human["track_id"].to_pylist()) == {track}
+    assert human["frame"].to_pylist() == [moved["frame"] - 1]
