@@ -32,6 +32,8 @@ import pyarrow as pa
 
 from tasks.store.record import ClipRecord
 from tasks.errors import SpanError
+from tasks.annotations.span_sources import (is_timeline_export, label_studio_timeline_columns,
+                                             prodigy_columns)
 from tasks.media.frames import Timeline
 from tasks.labels import SEPARATOR, LabelTree, load_label_tree
 from tasks.recipe import Recipe
@@ -72,7 +74,8 @@ REQUIRED = ("recording", "start_s", "end_s", "label")
 
 
 def load_spans(source: str, labels: LabelTree | None = None) -> pa.Table:
-    """Spans from a CSV, Parquet or JSON (a list of objects) file, checked (`SPAN_SCHEMA`)."""
+    """Spans from a CSV, Parquet or JSON (a list of objects) file, a Label Studio timeline
+    export or Prodigy JSONL (`tasks.annotations.span_sources`), checked (`SPAN_SCHEMA`)."""
     import fsspec
 
     try:
@@ -115,13 +118,17 @@ def _parse(data: bytes, source: str, where: str) -> dict[str, list]:
                 column_types=text, strings_can_be_null=True)).to_pydict()
         if kind in ("parquet", "pq"):
             return pq.read_table(pa.BufferReader(data)).to_pydict()
+        if kind == "jsonl":
+            return prodigy_columns(data, where)
         if kind == "json":
             items = json.loads(data)
+            if is_timeline_export(items):
+                return label_studio_timeline_columns(items, where)
     except (pa.ArrowInvalid, OSError, ValueError) as e:
         raise SpanError(f"{where}: not a readable {kind.upper()} file ({e})") from e
     if kind != "json":
-        raise SpanError(f"{where}: unknown file type {kind or '(none)'!r}; use .csv, .parquet "
-                        f"or .json")
+        raise SpanError(f"{where}: unknown file type {kind or '(none)'!r}; use .csv, .parquet, "
+                        ".json (ours, or a Label Studio timeline export) or .jsonl (Prodigy)")
     if not isinstance(items, list):
         raise SpanError(f"{where}: expected a JSON list of span objects, got "
                         f"{type(items).__name__}")

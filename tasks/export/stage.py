@@ -256,6 +256,13 @@ def finish(out: Location, recipe: Recipe, formats: list[str], clips: list[dict[s
         write_bytes_atomic(out, all_tasks, json.dumps(tasks, indent=1).encode())
         write_bytes_atomic(out, config, labelstudio.labeling_config(labels).encode())
         files["labelstudio"] = [out.url(all_tasks), out.url(config)]
+        if recipe.labels.file:  # time spans over whole videos, with the hierarchical labels
+            from tasks.labels import load_label_tree
+
+            timeline = out.path(EXPORT_DIR, "labelstudio", "timeline.xml")
+            paths = list(load_label_tree(recipe.labels.file).paths)
+            write_bytes_atomic(out, timeline, labelstudio.timeline_config(paths).encode())
+            files["labelstudio"].append(out.url(timeline))
     if "parquet" in formats:
         files["parquet"] = [out.url(out.path(t)) for t in TABLES if out.fs.exists(out.path(t))]
     return files

@@ -67,6 +67,16 @@ def labeling_config(labels: list[str]) -> str:
             "</View>\n")
 
 
+def timeline_config(labels: list[str]) -> str:
+    """A labeling config for time spans over a whole video (``TimelineLabels``): one label
+    per path of a hierarchical labels file (``Task 1/Sub Task 1.2``), parents included, in the
+    file's order. Ranges come back as frames at ``$fps`` (`tasks.annotations.span_sources`)."""
+    items = "".join(f"\n    <Label value={quoteattr(label)}/>" for label in labels)
+    return (f'<View>\n  <Video name="{VIDEO_NAME}" value="$video" frameRate="$fps"/>\n'
+            f'  <TimelineLabels name="activity" toName="{VIDEO_NAME}">{items}\n'
+            "  </TimelineLabels>\n</View>\n")
+
+
 def _sequence(t: TrackFrames, a: int, b: int, clip: ClipInfo) -> list[dict[str, Any]]:
     """Keyframes of frames [a, b) of a track: ours, and the first and last frame of every
     shown range (the last one disabled: the lifespan ends after it)."""

@@ -132,3 +132,34 @@ def test_a_bad_token_is_refused_without_showing_it(server, exported, capsys, mon
     monkeypatch.delenv("LABEL_STUDIO_API_KEY")
     code, _, printed = _review(capsys, "pull", "--out", str(out), "--config", str(config))
     assert code == 2 and "LABEL_STUDIO_API_KEY" in printed.err
+
+
+def test_timeline_labels_config_and_the_servers_export_give_spans(server, tmp_path):
+    """The TimelineLabels config made from a hierarchical labels file is one the server takes;
+    a range labelled in it comes back in the server's own JSON export, and that file is a
+    spans file: frames 26..50 at 25 fps are [1.0 s, 2.0 s) of the recording."""
+    from tasks.annotations.spans import load_spans
+    from tasks.formats.labelstudio import timeline_config
+    from tasks.labels import load_label_tree
+
+    tree = load_label_tree(recipe_path("moving-objects").parent / "labels" / "example.yaml")
+    api = httpx.Client(base_url=server.url, headers={"Authorization": f"Token {server.token}"},
+                       timeout=60)
+    made = api.post("/api/projects", json={"title": "activities",
+                                           "label_config": timeline_config(list(tree.paths))})
+    assert made.status_code == 201, made.text[:500]
+    project = made.json()["id"]
+    api.post(f"/api/projects/{project}/import", json=[{"data": {
+        "video": "/data/upload/1/x.webm", "fps": 25.0, "recording": "site/cam 1"}}]).raise_for_status()
+    (task,) = api.get("/api/tasks", params={"project": project}).json()["tasks"]
+    leaf = tree.leaves()[0]
+    region = {"id": "s1", "type": "timelinelabels", "from_name": "activity", "to_name": "video",
+              "origin": "manual", "value": {"ranges": [{"start": 26, "end": 50}],
+                                            "timelinelabels": [leaf]}}
+    api.post(f"/api/tasks/{task['id']}/annotations", json={"result": [region]}).raise_for_status()
+    exported = tmp_path / "export.json"
+    exported.write_bytes(api.get(f"/api/projects/{project}/export",
+                                 params={"exportType": "JSON"}).content)
+    (span,) = load_spans(str(exported), tree).to_pylist()
+    assert (span["recording"], span["start_s"], span["end_s"], span["label"]) == (
+        "site/cam 1", 1.0, 2.0, leaf)
