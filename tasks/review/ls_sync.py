@@ -21,7 +21,7 @@ from typing import Any
 from tasks.errors import ConfigError, NotReviewedError, QueueError
 from tasks.recipe import Recipe
 from tasks.review.ls_client import LabelStudio, upload_url
-from tasks.review.results import submit_result
+from tasks.review.results import submit_result, tasks_in_state
 from tasks.store.storage import Location, open_location, read_bytes
 
 
@@ -130,13 +130,7 @@ def _handled(queue, task_id: int, annotations: list[int]) -> bool:
 
 
 def _leased(queue, worker: str):
-    offset = 0
-    while True:
-        page = queue.list(state="leased", limit=500, offset=offset)
-        yield from (t for t in page if t.worker == worker)
-        if len(page) < 500:
-            return
-        offset += 500
+    return (t for t in tasks_in_state(queue, "leased") if t.worker == worker)
 
 
 def _same_out(task, out: Location) -> bool:

@@ -132,7 +132,7 @@ def rebuild_reviews(queue, recipe: Recipe, out_uri: str | None = None) -> dict[s
     between completion and the file, or when ``OUT/reviews`` was lost). Results are applied in
     completion order, as they were."""
     started = time.perf_counter()
-    done = [t for t in _all(queue, "done")]
+    done = list(tasks_in_state(queue, "done"))
     done.sort(key=lambda t: (_completed_at(queue, t.id), t.id))
     applied = 0
     for task in done:
@@ -157,7 +157,8 @@ def _completed_at(queue, task_id: int):
     return max((h["at"] for h in queue.history(task_id) if h["event"] == "completed"), default=None)
 
 
-def _all(queue, state: str):
+def tasks_in_state(queue, state: str):
+    """Every task in ``state``, a page at a time."""
     offset = 0
     while True:
         page = queue.list(state=state, limit=500, offset=offset)
