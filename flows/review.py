@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ACTIONS = ("list", "lease", "heartbeat", "complete", "release", "fail", "stats", "history", "apply",
-           "push", "pull")
+           "push", "pull", "video")
 EXIT_LEASE_LOST = 4
 
 
@@ -94,6 +94,18 @@ def add_parser(sub) -> None:
         p.add_argument("--db", metavar="URL", default=None, help="queue URL (default: OUT's)")
         p.add_argument("--config", metavar="FILE", default=None, help="YAML recipe")
         p.add_argument("--url", metavar="URL", default=None, help="Label Studio's URL")
+        p.add_argument("--timeline", action="store_true", help="whole-recording time-span "
+                       "tasks instead: each recording's review video, labelled with the "
+                       "hierarchical labels (TimelineLabels); pull writes OUT/spans.parquet "
+                       "and OUT/frame_labels.parquet in recording time")
+    p = actions.add_parser("video", help="join each recording's converted clips into its "
+                           "review video (OUT/review_video/: parts of at most "
+                           "review.recording_video.max_part_bytes, and a map of every frame "
+                           "back to its clip and frame)")
+    p.add_argument("--out", required=True, metavar="OUT", help="the pipeline's output folder")
+    p.add_argument("--config", metavar="FILE", default=None, help="YAML recipe")
+    p.add_argument("--recording", action="append", default=None, metavar="NAME",
+                   help="only this recording (repeat for more)")
 
 
 def guess_format(data: bytes) -> str:
@@ -167,6 +179,8 @@ def run(args) -> tuple[int, Any]:
     from tasks.formats.limits import check_size
 
     recipe, _ = _recipe_for(args)
+    if args.action == "video" or getattr(args, "timeline", False):
+        return _without_queue(recipe, args)
     queue = open_queue(recipe, args.out or ".", args.db)
     with queue:
         action = args.action
@@ -215,6 +229,20 @@ def run(args) -> tuple[int, Any]:
             failed = any(a["failed"] for a in applied.values())
             return (1 if failed else 0), {"rebuilt": rebuilt, "applied": applied}
     raise AssertionError(action)
+
+
+def _without_queue(recipe, args) -> tuple[int, Any]:
+    """Review videos, and the whole-recording timeline tasks made from them."""
+    from tasks.annotations import review_video
+    from tasks.review import ls_timeline
+    from tasks.review.ls_client import LabelStudio
+
+    if args.action == "video":
+        return 0, review_video.build_all(args.out, recipe, args.recording)
+    with LabelStudio.from_settings(recipe.review.label_studio, args.url) as client:
+        if args.action == "push":
+            return 0, ls_timeline.push(recipe, args.out, client)
+        return 0, ls_timeline.pull(recipe, args.out, client)
 
 
 def _label_studio(action: str, queue, recipe, args) -> tuple[int, Any]:

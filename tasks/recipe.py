@@ -293,6 +293,18 @@ class LabelStudioConfig(_Section):
     lease_seconds: float = Field(7 * 86400, gt=0, le=7 * 86400, description="lease of a "
                                  "pushed task; every push and pull renews the open ones")
     batch: int = Field(100, ge=1, le=10_000, description="most tasks one push leases")
+    timeline_project: str | None = Field(None, description="project of the whole-recording "
+                                         "time-span tasks (`review push --timeline`); null: the "
+                                         "project's title + ' timeline'")
+
+
+class ReviewVideoConfig(_Section):
+    """Each recording's review video (`tasks.annotations.review_video`): its clips joined in
+    order for labelling time spans over the whole recording."""
+
+    max_part_bytes: int = Field(200 << 20, ge=1 << 12, le=1 << 40, description="largest part, "
+                                "bytes; a longer recording is split at a keyframe into parts "
+                                "(Label Studio refuses uploads over 250 MB by default)")
 
 
 class ReviewConfig(_Section):
@@ -315,6 +327,7 @@ class ReviewConfig(_Section):
     priority: PriorityWeights = PriorityWeights()
     limits: ResultLimits = ResultLimits()
     label_studio: LabelStudioConfig = LabelStudioConfig()
+    recording_video: ReviewVideoConfig = ReviewVideoConfig()
 
 
 class Recipe(_Section):

@@ -11,6 +11,12 @@
   ``(n - 1) / fps`` and a range ``[a, b]`` is ``[(a - 1) / fps, b / fps)``. The recording is
   ``data.recording``, else the video's file name without its extension. A submitted
   annotation wins over a prediction; skipped tasks give none.
+- Either, on a recording's **review video** (`tasks.annotations.review_video`: a task's
+  ``data.review_video``, a Prodigy example's ``meta.review_video``, or media named
+  ``<recording>.part-NNN.webm``): times are the recording's, through the part's frame map. A
+  Label Studio range covers the frames whose nearest frame slot at ``data.fps`` is in it
+  (WebM's millisecond timestamps then never shift a frame into the next slot), and becomes
+  the recording's times from its first frame to the frame after its last.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from tasks.errors import SpanError
 Columns = dict[str, list]
 
 
-def prodigy_columns(data: bytes, where: str) -> Columns:
+def prodigy_columns(data: bytes, where: str, videos=None) -> Columns:
     rows: list[tuple] = []
     for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -43,13 +49,19 @@ def prodigy_columns(data: bytes, where: str) -> Columns:
         spans = example.get("audio_spans") or []
         if not isinstance(spans, list):
             raise SpanError(f"{where}: line {n}: audio_spans is not a list")
-        recording = _recording(example.get("meta"), example.get("video") or
-                               example.get("audio") or example.get("path"), f"{where}: line {n}")
+        media = example.get("video") or example.get("audio") or example.get("path")
+        meta = example.get("meta")
+        part = _review_part(meta.get("review_video") if isinstance(meta, dict) else None, media,
+                            videos, f"{where}: line {n}")
+        recording = part.recording if part else _recording(meta, media, f"{where}: line {n}")
         for j, span in enumerate(spans):
             at = f"line {n} audio_spans[{j}]"
             if not isinstance(span, dict):
                 raise SpanError(f"{where}: {at}: expected an object")
-            rows.append((recording, span.get("start"), span.get("end"), span.get("label"), at))
+            start, end = span.get("start"), span.get("end")
+            if part and all(_number(v) for v in (start, end)):
+                start, end = part.recording_time(start), part.recording_time(end)
+            rows.append((recording, start, end, span.get("label"), at))
     return _columns(rows, where)
 
 
@@ -64,7 +76,7 @@ def is_timeline_export(items: Any) -> bool:
         for task in items)
 
 
-def label_studio_timeline_columns(tasks: list, where: str) -> Columns:
+def label_studio_timeline_columns(tasks: list, where: str, videos=None) -> Columns:
     rows: list[tuple] = []
     for i, task in enumerate(tasks):
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
@@ -78,8 +90,10 @@ def label_studio_timeline_columns(tasks: list, where: str) -> Columns:
             raise SpanError(f"{where}: task [{i}]: data.fps {fps!r} is not a frame rate; the "
                             "ranges are frames of the video at that rate")
         rate = Fraction(fps).limit_denominator(1_001_000)  # 29.97002997... is 30000/1001
-        recording = data.get("recording") or _recording(None, data.get("video"),
-                                                        f"{where}: task [{i}]")
+        part = _review_part(data.get("review_video"), data.get("video"), videos,
+                            f"{where}: task [{i}]")
+        recording = part.recording if part else data.get("recording") or _recording(
+            None, data.get("video"), f"{where}: task [{i}]")
         for j, region in enumerate(result):
             if not isinstance(region, dict) or region.get("type") != "timelinelabels":
                 continue
@@ -95,8 +109,37 @@ def label_studio_timeline_columns(tasks: list, where: str) -> Columns:
                 if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                            for v in (a, b)):
                     raise SpanError(f"{where}: {at}: {frames!r} is not a 1-based frame range")
-                rows.append((recording, float((a - 1) / rate), float(b / rate), labels[0], at))
+                if part is None:
+                    rows.append((recording, float((a - 1) / rate), float(b / rate), labels[0], at))
+                    continue
+                if part.fps != rate:
+                    raise SpanError(f"{where}: task [{i}]: data.fps {fps} is not the review "
+                                    f"video's rate {part.fps}: the ranges would be misread")
+                span = part.recording_span(*part.frames_in_range(a, b)) or (
+                    # no frame's slot in it (a gap): kept, so it is reported as labelling none
+                    part.recording_time(max(a - 1.5, 0) / rate),
+                    part.recording_time((b - 0.5) / rate))
+                rows.append((recording, *span, labels[0], at))
     return _columns(rows, where)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _review_part(name: Any, media: Any, videos, where: str):
+    """The review video part a task shows (`tasks.annotations.review_video.PartFrames`), or
+    None for any other video."""
+    if not (isinstance(name, str) and name):
+        from tasks.annotations.review_video import part_of_media
+
+        name = part_of_media(media) if isinstance(media, str) else None
+        if name is None:
+            return None
+    if videos is None:
+        raise SpanError(f"{where}: on review video {name!r}: give the spans file with the OUT "
+                        "that holds that video (`preannotate export ... --spans`)")
+    return videos.part(name, where)
 
 
 def _result(task: dict) -> list:

@@ -35,6 +35,7 @@ from tasks.errors import SpanError
 from tasks.annotations.span_sources import (is_timeline_export, label_studio_timeline_columns,
                                              prodigy_columns)
 from tasks.media.frames import Timeline
+from tasks.annotations.review_video import ReviewVideos, recording_micros
 from tasks.labels import SEPARATOR, LabelTree, load_label_tree
 from tasks.recipe import Recipe
 from tasks.store.tables import Columns, schema, write_table
@@ -73,9 +74,11 @@ REQUIRED = ("recording", "start_s", "end_s", "label")
 # --- the span table --------------------------------------------------------------------------
 
 
-def load_spans(source: str, labels: LabelTree | None = None) -> pa.Table:
+def load_spans(source: str, labels: LabelTree | None = None, videos=None) -> pa.Table:
     """Spans from a CSV, Parquet or JSON (a list of objects) file, a Label Studio timeline
-    export or Prodigy JSONL (`tasks.annotations.span_sources`), checked (`SPAN_SCHEMA`)."""
+    export or Prodigy JSONL (`tasks.annotations.span_sources`), checked (`SPAN_SCHEMA`).
+    ``videos`` (`tasks.annotations.review_video.ReviewVideos`) reads times given on a
+    recording's review video."""
     import fsspec
 
     try:
@@ -84,7 +87,7 @@ def load_spans(source: str, labels: LabelTree | None = None) -> pa.Table:
     except (OSError, ValueError) as e:
         raise SpanError(f"spans {source}: cannot read ({e})") from e
     where = f"spans {source}"
-    raw = _parse(data, source, where)
+    raw = _parse(data, source, where, videos)
     missing = [c for c in REQUIRED if c not in raw]
     if missing:
         raise SpanError(f"{where}: missing column(s) {', '.join(missing)}; needed: "
@@ -105,7 +108,7 @@ def load_spans(source: str, labels: LabelTree | None = None) -> pa.Table:
                     schema=SPAN_SCHEMA)
 
 
-def _parse(data: bytes, source: str, where: str) -> dict[str, list]:
+def _parse(data: bytes, source: str, where: str, videos) -> dict[str, list]:
     """The file's columns as lists of Python values (a span file is small)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -119,11 +122,11 @@ def _parse(data: bytes, source: str, where: str) -> dict[str, list]:
         if kind in ("parquet", "pq"):
             return pq.read_table(pa.BufferReader(data)).to_pydict()
         if kind == "jsonl":
-            return prodigy_columns(data, where)
+            return prodigy_columns(data, where, videos)
         if kind == "json":
             items = json.loads(data)
             if is_timeline_export(items):
-                return label_studio_timeline_columns(items, where)
+                return label_studio_timeline_columns(items, where, videos)
     except (pa.ArrowInvalid, OSError, ValueError) as e:
         raise SpanError(f"{where}: not a readable {kind.upper()} file ({e})") from e
     if kind != "json":
@@ -226,7 +229,7 @@ def frame_labels(spans: pa.Table, records: Sequence[ClipRecord],
         mine = np.flatnonzero(recordings == record.recording)
         if timeline is None or not len(timeline) or not mine.size:
             continue
-        at = _recording_micros(record, timeline)
+        at = recording_micros(record, timeline)
         lo = np.searchsorted(at, starts[mine], "left")   # first frame at or after the start
         hi = np.searchsorted(at, ends[mine], "left")     # first frame at or after the end
         counts = hi - lo
@@ -256,18 +259,6 @@ def frame_labels(spans: pa.Table, records: Sequence[ClipRecord],
     }, schema=FRAME_LABEL_SCHEMA)
 
 
-def _recording_micros(record: ClipRecord, timeline: Timeline) -> np.ndarray:
-    """Each frame's time in the recording, in whole microseconds."""
-    start = record.recording_start_s
-    if start is None:
-        raise ValueError(f"{record.recording} clip {record.clip_index}: no "
-                         f"recording_start_s (items rows get it from assign_timeline)")
-    tb = timeline.time_base
-    ticks = (timeline.pts - timeline.pts[0]).astype(np.float64)
-    return int(round(start * _US)) + np.rint(ticks * (tb.numerator * _US / tb.denominator)
-                                             ).astype(np.int64)
-
-
 def frame_labels_uri(out_uri: str, recipe: Recipe, spans_uri: str,
                      labels_path: str | None = None) -> dict[str, Any]:
     """Spans file -> ``OUT/spans.parquet`` and ``OUT/frame_labels.parquet`` (each atomic);
@@ -278,8 +269,9 @@ def frame_labels_uri(out_uri: str, recipe: Recipe, spans_uri: str,
     from tasks.store.storage import open_location
 
     labels_path = labels_path or recipe.labels.file
-    spans = load_spans(spans_uri, load_label_tree(labels_path) if labels_path else None)
     out = open_location(out_uri, recipe.storage)
+    spans = load_spans(spans_uri, load_label_tree(labels_path) if labels_path else None,
+                       ReviewVideos(out))
     records = read_records(out)
     if not records:
         raise SpanError(f"{out.url(out.path(ITEMS_FILE))} not found: convert the dataset first")

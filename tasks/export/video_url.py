@@ -27,9 +27,11 @@ PLACEHOLDERS = ("relpath", "path", "uri", "name")
 
 def video_url(template: str | None, out: Location, record: ClipRecord) -> str | None:
     """``template`` filled for the clip's WebM (None without a template or a WebM)."""
-    uri = record.output_uri
-    if not template or not uri:
-        return None
+    return fill(template, out, record.output_uri) if template and record.output_uri else None
+
+
+def fill(template: str, out: Location, uri: str) -> str:
+    """``template`` filled for the WebM at ``uri``."""
     root = out.url(out.root).rstrip("/") + "/"
     relpath = uri[len(root):] if uri.startswith(root) else posixpath.basename(uri)
     path = uri.split("://", 1)[1] if "://" in uri else uri

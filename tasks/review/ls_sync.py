@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tasks.errors import ConfigError, NotReviewedError, QueueError
+from tasks.export.video_url import fill
 from tasks.recipe import Recipe
 from tasks.review.ls_client import LabelStudio, upload_url
 from tasks.review.results import submit_result, tasks_in_state
@@ -55,7 +56,7 @@ def push(queue, recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, 
         if not _same_out(task, out):  # another OUT's task (a shared queue): not ours to push
             queue.release(task.id, settings.worker)
     mine = {t.id: t for t in [*held, *(t for t in leased if _same_out(t, out))]}
-    uploads = {} if settings.video == "template" else _uploads_by_name(client, project)
+    uploads = {} if settings.video == "template" else uploads_by_name(client, project)
     for task in mine.values():
         queue.heartbeat(task.id, settings.worker, settings.lease_seconds)
     todo = [task for task in mine.values() if task.id not in present]
@@ -155,11 +156,17 @@ def _task(task, out: Location, recipe: Recipe, client: LabelStudio, project: int
 
 def task_video_url(task, exported: str, out: Location, recipe: Recipe, client: LabelStudio,
            project: int, uploads: dict[tuple[str, int], str]) -> str:
-    """The URL the editor loads a queue task's WebM from (``review.label_studio.video``):
-    ``exported`` (the export's template URL), a presigned URL, or an upload to the project
-    (one per WebM: ``uploads`` holds those made before, by name and size)."""
+    """The URL the editor loads a queue task's WebM from: `webm_url`, where the template's
+    URL is ``exported`` (the export wrote it)."""
+    return webm_url(task.payload["video"], out, recipe, client, project, uploads, exported)
+
+
+def webm_url(webm: str, out: Location, recipe: Recipe, client: LabelStudio, project: int,
+             uploads: dict[tuple[str, int], str], exported: str | None = None) -> str:
+    """The URL the editor loads the WebM at ``webm`` from (``review.label_studio.video``):
+    the export's template, a presigned URL, or an upload to the project (one per WebM:
+    ``uploads`` holds those made before, by name and size)."""
     settings = recipe.review.label_studio
-    webm = task.payload["video"]
     mode = settings.video
     if mode == "auto":
         mode = "template" if recipe.export.video_url else (
@@ -167,7 +174,7 @@ def task_video_url(task, exported: str, out: Location, recipe: Recipe, client: L
     if mode == "template":
         if not recipe.export.video_url:
             raise ConfigError("review.label_studio.video: template needs export.video_url")
-        return exported  # the export wrote the template's URL
+        return exported or fill(recipe.export.video_url, out, webm)
     path = webm.split("://", 1)[1] if "://" in webm and not out.is_local else webm
     if mode == "presigned":
         try:
@@ -185,7 +192,7 @@ def task_video_url(task, exported: str, out: Location, recipe: Recipe, client: L
     return url
 
 
-def _uploads_by_name(client: LabelStudio, project: int) -> dict[tuple[str, int], str]:
+def uploads_by_name(client: LabelStudio, project: int) -> dict[tuple[str, int], str]:
     """Files uploaded before (a push cut short after its uploads), by name and size: the
     server prefixes each stored name with 8 characters and a hyphen."""
     found = {}

@@ -41,6 +41,7 @@ def exported(tmp_path_factory, prefect_harness):
     recipe = yaml.safe_load(recipe_path("moving-objects").read_text())
     recipe["export"] = {"formats": ["json", "labelstudio"]}
     recipe["review"] = {"formats": ["json", "labelstudio"]}
+    recipe["labels"]["file"] = str(recipe_path("moving-objects").parent / "labels" / "example.yaml")
     config = root / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe))
     out = root / "out"
@@ -163,3 +164,52 @@ def test_timeline_labels_config_and_the_servers_export_give_spans(server, tmp_pa
     (span,) = load_spans(str(exported), tree).to_pylist()
     assert (span["recording"], span["start_s"], span["end_s"], span["label"]) == (
         "site/cam 1", 1.0, 2.0, leaf)
+
+
+def test_push_label_and_pull_whole_recording_time_spans(server, exported, capsys, monkeypatch):
+    """`review push --timeline`: the recording's review video in a TimelineLabels project;
+    a range labelled through the server's API comes back by `review pull --timeline` as
+    recording-time spans and the clip's frames."""
+    _, out, config = exported
+    monkeypatch.setenv("LABEL_STUDIO_URL", server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    api = httpx.Client(base_url=server.url, headers={"Authorization": f"Token {server.token}"},
+                       timeout=60)
+    args = ["--out", str(out), "--config", str(config), "--timeline"]
+    code, pushed, printed = _review(capsys, "push", *args)
+    assert code == EXIT_OK and pushed["pushed"] == 1 == pushed["parts"], printed.err
+    assert pushed["videos_made"] == ["cam"] and server.token not in printed.out + printed.err
+    code, again, _ = _review(capsys, "push", *args)
+    assert code == EXIT_OK and again["pushed"] == 0 and again["videos_made"] == []
+    project = pushed["project"]
+    config_xml = api.get(f"/api/projects/{project}").json()["label_config"]
+    assert config_xml.strip() == (out / "exports" / "labelstudio" / "timeline.xml").read_text().strip()
+    (task,) = api.get("/api/tasks", params={"project": project, "fields": "all"}).json()["tasks"]
+    data = task["data"]
+    assert data["review_video"] == "cam.part-001" and data["recording"] == "cam"
+    part = out / "review_video" / "cam.part-001.webm"
+    assert api.get(data["video"]).content == part.read_bytes()
+
+    # Nothing submitted yet: the pull says so and writes no spans.
+    code, waiting, _ = _review(capsys, "pull", *args)
+    assert code == EXIT_OK and waiting["waiting"] == 1 and "spans" not in waiting
+    label = "Task 1/Sub Task 1.2"
+    region = {"id": "s1", "type": "timelinelabels", "from_name": "activity", "to_name": "video",
+              "origin": "manual", "value": {"ranges": [{"start": 11, "end": 20}],
+                                            "timelinelabels": [label]}}
+    api.post(f"/api/tasks/{task['id']}/annotations", json={"result": [region]}).raise_for_status()
+    code, pulled, printed = _review(capsys, "pull", *args)
+    assert code == EXIT_OK and pulled["submitted"] == 1, printed.err
+    rows = pq.read_table(out / "frame_labels.parquet").to_pylist()
+    frames = pq.read_table(out / "review_video" / "cam.frames.parquet").to_pylist()
+    fps = data["fps"]
+    expected = [r["frame"] for r in frames if 11 <= round(r["part_time_s"] * fps) + 1 <= 20]
+    assert [r["frame"] for r in rows] == expected and len(expected) == 10
+    assert {r["label"] for r in rows} == {label}
+    (span,) = pq.read_table(out / "spans.parquet").to_pylist()
+    assert span["start_s"] == frames[expected[0]]["recording_time_s"]
+    assert span["end_s"] == frames[expected[-1] + 1]["recording_time_s"]
+    # A second pull reads the same answer: the same tables.
+    before = (out / "frame_labels.parquet").read_bytes()
+    code, twice, _ = _review(capsys, "pull", *args)
+    assert code == EXIT_OK and (out / "frame_labels.parquet").read_bytes() == before

@@ -1,0 +1,433 @@
+"""One review video per recording: its converted clips joined in order, frame-exact, in parts
+of at most ``review.recording_video.max_part_bytes``, with a map from every frame of every
+part back to its clip and frame.
+
+People who label activities over hours (time spans) want the recording, not 30 separate
+10-minute clips. The WebMs are joined by remuxing their packets, never re-encoding: every
+frame is the clip's own frame, bit for bit, and nothing is dropped or repeated. A part's
+timestamps are the recording's clock from the part's first frame (the same times
+`tasks.annotations.spans` gives the clips' frames), so a gap inside a VFR clip or between
+clips stays a gap. A part starts at a clip's first frame or at a keyframe inside a clip
+(each clip's WebM begins with one), whichever keeps it under the cap; one group of pictures
+larger than the cap makes a part alone.
+
+Written to ``OUT/review_video/``: ``<recording>.part-NNN.webm``, ``<recording>.frames.parquet``
+(`FRAME_MAP_COLUMNS`: one row per frame of the recording) and ``<recording>.json`` (the parts,
+the nominal frame rate a tool shows, and the signature of the clips it was made from: an
+unchanged recording is not joined again). Each part is checked by demuxing it again: its
+frames and timestamps must be those the map lists, or nothing is written. Audio is left
+out: the parts are for looking at, and an audio track would have gaps at clip joins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Iterator, Sequence
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
+
+from tasks.errors import MediaReadError, SpanError
+from tasks.media.frames import Timeline
+from tasks.media.webm import open_webm_container, webm_path
+from tasks.store.record import ClipRecord
+from tasks.store.storage import (Location, commit_file, read_bytes, safe_component, size_of,
+                                 write_bytes_atomic)
+from tasks.store.tables import Columns, read_table, schema, write_table
+
+VIDEO_DIR = "review_video"
+FORMAT_VERSION = 1
+_MS = Fraction(1, 1000)  # WebM's clock
+
+FRAME_MAP_COLUMNS: Columns = [
+    ("part", pa.int32(), "1-based part of the recording's review video"),
+    ("part_frame", pa.int64(), "0-based frame within the part"),
+    ("part_time_s", pa.float64(), "the frame's timestamp in the part (s; ms grid, as WebM)"),
+    ("recording_time_s", pa.float64(), "the frame's time in the recording (s, 1 us grid; as "
+     "frame_labels.parquet)"),
+    ("clip_index", pa.int32(), "0-based position of the clip in its recording"),
+    ("frame", pa.int64(), "0-based frame index within the clip's WebM"),
+    ("global_frame", pa.int64(), "frame index within the recording"),
+]
+FRAME_MAP_SCHEMA = schema(FRAME_MAP_COLUMNS)
+_US = 1_000_000
+
+
+def recording_micros(record: ClipRecord, timeline: Timeline) -> np.ndarray:
+    """Each frame's time in the recording, in whole microseconds."""
+    start = record.recording_start_s
+    if start is None:
+        raise ValueError(f"{record.recording} clip {record.clip_index}: no "
+                         f"recording_start_s (items rows get it from assign_timeline)")
+    tb = timeline.time_base
+    ticks = (timeline.pts - timeline.pts[0]).astype(np.float64)
+    return int(round(start * _US)) + np.rint(ticks * (tb.numerator * _US / tb.denominator)
+                                             ).astype(np.int64)
+
+
+def part_name(recording: str, part: int) -> str:
+    return f"{safe_component(recording)}.part-{part:03d}"
+
+
+def _paths(out: Location, recording: str) -> tuple[str, str]:
+    base = safe_component(recording)
+    return out.path(VIDEO_DIR, f"{base}.frames.parquet"), out.path(VIDEO_DIR, f"{base}.json")
+
+
+# --- making it -------------------------------------------------------------------------------
+
+
+def build(out: Location, records: Sequence[ClipRecord], max_part_bytes: int) -> dict[str, Any]:
+    """The review video of one recording's converted ``records`` (in any order), unless the
+    one in OUT was made from the same WebMs with the same cap. Returns its description."""
+    clips = sorted(records, key=lambda r: r.clip_index)
+    if not clips:
+        raise ValueError("no converted clip to join")
+    recording = clips[0].recording
+    signature = _signature(clips, max_part_bytes)
+    map_path, info_path = _paths(out, recording)
+    kept = read_info(out, recording)
+    if kept and kept.get("signature") == signature and all(
+            size_of(out, out.path(VIDEO_DIR, p["file"])) == p["bytes"] for p in kept["parts"]):
+        return {**kept, "made": False}
+    joiner = _Joiner(out, recording, max_part_bytes)
+    try:
+        for record in clips:
+            joiner.add_clip(record)
+        parts, table = joiner.finish()
+    finally:
+        joiner.discard()
+    write_table(out, map_path, table)  # the map first: parts without it are never read
+    info = {"version": FORMAT_VERSION, "recording": recording, "signature": signature,
+            "fps": str(_nominal_rate(clips)), "max_part_bytes": max_part_bytes,
+            "frames": table.num_rows, "clips": len(clips), "parts": parts}
+    write_bytes_atomic(out, info_path, json.dumps(info, indent=1).encode())
+    for stale in _stale_parts(out, recording, len(parts)):
+        out.fs.rm(stale)
+    return {**info, "made": True}
+
+
+def build_all(out_uri: str, recipe, recordings: Sequence[str] | None = None
+              ) -> dict[str, Any]:
+    """The review video of every recording of OUT with a converted clip (or of those named).
+    Returns ``{"videos": [description, ...], "skipped": [{recording, reason}]}``."""
+    from tasks.store.items import ITEMS_FILE, is_converted, read_records
+    from tasks.store.storage import open_location
+
+    out = open_location(out_uri, recipe.storage)
+    records = read_records(out)
+    if not records:
+        raise SpanError(f"{out.url(out.path(ITEMS_FILE))} not found: convert the dataset first")
+    by_recording: dict[str, list[ClipRecord]] = {}
+    for record in records:
+        by_recording.setdefault(record.recording, []).append(record)
+    unknown = sorted(set(recordings or ()) - set(by_recording))
+    if unknown:
+        raise SpanError(f"no recording {', '.join(map(repr, unknown))} in {out_uri} (known: "
+                        f"{', '.join(sorted(by_recording)[:20])})")
+    videos, skipped = [], []
+    for recording in recordings or sorted(by_recording):
+        clips = [r for r in by_recording[recording] if is_converted(r)]
+        if not clips:
+            skipped.append({"recording": recording, "reason": "no converted clip"})
+            continue
+        left_out = len(by_recording[recording]) - len(clips)
+        info = build(out, clips, recipe.review.recording_video.max_part_bytes)
+        videos.append({**info, "clips_left_out": left_out})
+    return {"videos": videos, "skipped": skipped}
+
+
+def _signature(clips: Sequence[ClipRecord], max_part_bytes: int) -> str:
+    key = [FORMAT_VERSION, max_part_bytes] + [
+        [r.clip_index, r.output_uri, r.output_digest, r.output_frames, r.recording_start_s]
+        for r in clips]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+
+
+def _nominal_rate(clips: Sequence[ClipRecord]) -> Fraction:
+    """The rate a tool steps frames at: the first clip's declared rate (VFR: its average)."""
+    for value in (clips[0].fps, clips[0].real_fps, clips[0].output_fps_measured):
+        try:
+            rate = Fraction(value) if value else None
+        except (ValueError, ZeroDivisionError):
+            rate = None
+        if rate and rate > 0:
+            return rate
+    return Fraction(25)
+
+
+def _stale_parts(out: Location, recording: str, parts: int) -> Iterator[str]:
+    """Parts of an earlier join with more parts than this one."""
+    n = parts + 1
+    while True:
+        path = out.path(VIDEO_DIR, f"{part_name(recording, n)}.webm")
+        if not out.fs.exists(path):
+            return
+        yield path
+        n += 1
+
+
+@dataclass
+class _Open:
+    """The part being written: a local temp WebM."""
+
+    number: int
+    path: str
+    container: Any
+    stream: Any
+    geometry: tuple
+    first_us: int
+    bytes: int = 0
+    frames: int = 0
+    last_ms: int = -1
+
+
+class _Joiner:
+    """Packets of the clips in order -> parts, a group of pictures at a time."""
+
+    def __init__(self, out: Location, recording: str, max_part_bytes: int):
+        self.out, self.recording, self.cap = out, recording, max_part_bytes
+        self.part: _Open | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.rows: list[tuple[np.ndarray, ...]] = []  # the map's columns, a group at a time
+        self.tmp = tempfile.mkdtemp(prefix="review-video-")
+
+    def add_clip(self, record: ClipRecord) -> None:
+        path = webm_path(self.out, record)
+        with open_webm_container(self.out, path) as container:
+            stream = container.streams.video[0]
+            timeline = Timeline.from_stream(container, stream)
+            if record.output_frames is not None and len(timeline) != record.output_frames:
+                raise MediaReadError(f"{self.out.url(path)}: {len(timeline)} frames, the parity "
+                                     f"proof counted {record.output_frames}; convert it again")
+            at_us = recording_micros(record, timeline)
+            container.seek(0, stream=stream)
+            cc = stream.codec_context
+            geometry = (cc.name, cc.width, cc.height, cc.pix_fmt, bytes(cc.extradata or b""))
+            group: list = []
+            for packet in container.demux(stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                if packet.is_keyframe and group:
+                    self._add_group(group, stream, geometry, timeline, at_us, record)
+                    group = []
+                group.append(packet)
+            if group:
+                self._add_group(group, stream, geometry, timeline, at_us, record)
+
+    def _add_group(self, packets: list, stream, geometry: tuple, timeline: Timeline,
+                   at_us: np.ndarray, record: ClipRecord) -> None:
+        frames = np.searchsorted(timeline.pts, [p.pts for p in packets])
+        size = sum(p.size for p in packets)
+        part = self.part
+        if part is not None and (part.geometry != geometry or
+                                 (part.frames and part.bytes + size > self.cap)):
+            self._close()  # a new part at this keyframe (or a clip of another size)
+            part = None
+        if part is None:
+            if not packets[0].is_keyframe:
+                raise MediaReadError(f"{record.output_uri}: does not start with a keyframe")
+            part = self._open(stream, geometry, int(at_us[frames[0]]))
+        ms = np.rint((at_us[frames] - part.first_us) / 1000).astype(np.int64)
+        for i, packet in enumerate(packets):
+            ms[i] = max(int(ms[i]), part.last_ms + 1)  # a sub-ms VFR step never repeats one
+            packet.stream = part.stream
+            packet.time_base = _MS
+            packet.pts = packet.dts = int(ms[i])
+            part.container.mux(packet)
+            part.last_ms = int(ms[i])
+        n = len(packets)
+        # Columns per group of pictures (int64 arrays): a 5-hour recording's map is ~30 MB.
+        self.rows.append((np.full(n, part.number), np.arange(part.frames, part.frames + n), ms,
+                          at_us[frames], np.full(n, record.clip_index), frames,
+                          frames + int(record.global_first_frame or 0)))
+        part.frames += n
+        part.bytes += size
+
+    def _open(self, template, geometry: tuple, first_us: int) -> _Open:
+        number = len(self.parts) + 1
+        path = os.path.join(self.tmp, f"{part_name(self.recording, number)}.webm")
+        container = av.open(path, "w", format="webm")
+        stream = container.add_stream_from_template(template)
+        stream.time_base = _MS
+        self.part = _Open(number, path, container, stream, geometry, first_us)
+        return self.part
+
+    def _close(self) -> None:
+        part, self.part = self.part, None
+        part.container.close()
+        self._check(part)
+        name = part_name(self.recording, part.number)
+        target = self.out.path(VIDEO_DIR, f"{name}.webm")
+        size = os.path.getsize(part.path)
+        commit_file(self.out, part.path, target)
+        self.parts.append({"part": part.number, "name": name, "file": f"{name}.webm",
+                           "uri": self.out.url(target), "frames": part.frames, "bytes": size,
+                           "recording_start_s": part.first_us / 1e6,
+                           "width": part.geometry[1], "height": part.geometry[2]})
+
+    def _check(self, part: _Open) -> None:
+        """The written part, demuxed again, holds the frames and timestamps the map lists."""
+        wrote = np.concatenate([r[2] for r in self.rows if r[0][0] == part.number])
+        with av.open(part.path) as container:
+            stream = container.streams.video[0]
+            read = Timeline.from_stream(container, stream)
+        got = np.rint(read.pts.astype(np.float64) * float(read.time_base / _MS)).astype(np.int64)
+        if not np.array_equal(got, wrote):
+            raise MediaReadError(f"review video of {self.recording!r} part {part.number}: "
+                                 f"demuxing it gives {len(got)} frames, {len(wrote)} were "
+                                 "written; nothing was kept")
+
+    def finish(self) -> tuple[list[dict[str, Any]], pa.Table]:
+        if self.part is not None:
+            self._close()
+        part, part_frame, ms, us, clip, frame, global_frame = (
+            np.concatenate(c).astype(np.int64) for c in zip(*self.rows))
+        table = pa.table({"part": part.astype(np.int32), "part_frame": part_frame,
+                          "part_time_s": ms / 1000, "recording_time_s": us / 1e6,
+                          "clip_index": clip.astype(np.int32), "frame": frame,
+                          "global_frame": global_frame}, schema=FRAME_MAP_SCHEMA)
+        return self.parts, table
+
+    def discard(self) -> None:
+        if self.part is not None:
+            self.part.container.close()
+            self.part = None
+        for name in os.listdir(self.tmp):
+            os.unlink(os.path.join(self.tmp, name))
+        os.rmdir(self.tmp)
+
+
+# --- reading it back -------------------------------------------------------------------------
+
+
+def read_info(out: Location, recording: str) -> dict[str, Any] | None:
+    data = read_bytes(out, _paths(out, recording)[1])
+    try:
+        info = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and info.get("version") == FORMAT_VERSION else None
+
+
+def read_frame_map(out: Location, recording: str, part: int | None = None) -> pa.Table | None:
+    """The recording's frame map (`FRAME_MAP_COLUMNS`), or one part's rows; None if none."""
+    table = read_table(out, _paths(out, recording)[0])
+    if table is None or part is None:
+        return table
+    return table.filter(pa.compute.equal(table["part"], part))
+
+
+def frame_slots(part_us: np.ndarray, fps: Fraction) -> np.ndarray:
+    """Each frame's 1-based slot at ``fps`` in a tool's frame numbering: the nearest,
+    ``round(t x fps) + 1`` (halves up), in exact integer arithmetic."""
+    num, den = fps.numerator, fps.denominator * _US
+    return (np.asarray(part_us, dtype=np.int64) * (2 * num) + den) // (2 * den) + 1
+
+
+@dataclass(frozen=True)
+class PartFrames:
+    """The frames of one part: their times in the part and in the recording (whole
+    microseconds, the grid `tasks.annotations.spans` compares on) and the tool's frame rate."""
+
+    recording: str
+    part: int
+    fps: Fraction
+    part_us: np.ndarray
+    recording_us: np.ndarray
+    next_us: int  # the recording time just after the part's last frame
+
+    def frames_in_range(self, first: int, last: int) -> tuple[int, int]:
+        """Frames ``[i, j)`` a tool's 1-based inclusive frame range ``[first, last]`` at
+        ``fps`` covers: those whose nearest frame slot ``round(t x fps) + 1`` is in it, so a
+        timestamp rounded to WebM's milliseconds still lands in its own slot."""
+        slot = frame_slots(self.part_us, self.fps)
+        return (int(np.searchsorted(slot, first, "left")),
+                int(np.searchsorted(slot, last, "right")))
+
+    def recording_span(self, i: int, j: int) -> tuple[float, float] | None:
+        """Recording times ``[start, end)`` holding exactly frames ``[i, j)``; None if empty."""
+        if j <= i:
+            return None
+        end = self.recording_us[j] if j < len(self.recording_us) else self.next_us
+        return self.recording_us[i] / 1e6, end / 1e6
+
+    def recording_time(self, seconds: float) -> float:
+        """A time in the part -> the recording's time: from the frame shown then."""
+        t = int(round(seconds * 1e6))
+        k = max(int(np.searchsorted(self.part_us, t, "right")) - 1, 0)
+        return (int(self.recording_us[k]) + t - int(self.part_us[k])) / 1e6
+
+
+class ReviewVideos:
+    """The review videos of an OUT, found by part name (``<recording>.part-NNN``, as a tool
+    shows the file), read when first asked for."""
+
+    def __init__(self, out: Location):
+        self.out = out
+        self._parts: dict[str, PartFrames] | None = None
+
+    def _load(self) -> dict[str, PartFrames]:
+        found: dict[str, PartFrames] = {}
+        folder = self.out.path(VIDEO_DIR)
+        names = self.out.fs.ls(folder, detail=False) if self.out.fs.exists(folder) else []
+        for path in names:
+            if not str(path).endswith(".json"):
+                continue
+            info = json.loads(read_bytes(self.out, str(path)) or b"null")
+            if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
+                continue
+            table = read_table(self.out, _paths(self.out, info["recording"])[0])
+            if table is None:
+                continue
+            part = table["part"].to_numpy()
+            part_us = np.rint(table["part_time_s"].to_numpy() * 1e6).astype(np.int64)
+            rec_us = np.rint(table["recording_time_s"].to_numpy() * 1e6).astype(np.int64)
+            fps = Fraction(info["fps"])
+            step = int(round(1e6 / fps))
+            for p in info["parts"]:
+                mine = np.flatnonzero(part == p["part"])
+                after = mine[-1] + 1
+                next_us = int(rec_us[after]) if after < len(rec_us) else int(rec_us[-1]) + step
+                found[p["name"]] = PartFrames(info["recording"], p["part"], fps,
+                                              part_us[mine], rec_us[mine], next_us)
+        return found
+
+    def part(self, name: str, where: str) -> PartFrames:
+        if self._parts is None:
+            self._parts = self._load()
+        found = self._parts.get(name)
+        if found is None:
+            raise SpanError(f"{where}: review video {name!r} is not in "
+                            f"{self.out.url(self.out.path(VIDEO_DIR))}: make it again "
+                            "(`preannotate review push --timeline`) or give the spans file "
+                            "of that OUT")
+        return found
+
+
+def part_of_media(media: str) -> str | None:
+    """A review video part's name from a media path or URL (``cam.part-002.webm``)."""
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    parsed = urlparse(media)
+    path = unquote(parse_qs(parsed.query).get("d", [parsed.path])[0])
+    name = os.path.basename(path)
+    stem = name[:-len(".webm")] if name.endswith(".webm") else None
+    if not stem:
+        return None
+    head, dash, digits = stem.rpartition(".part-")
+    if dash and head and len(digits) == 3 and digits.isdigit():
+        return stem
+    return None
+
+
+__all__ = ["VIDEO_DIR", "FRAME_MAP_COLUMNS", "FRAME_MAP_SCHEMA", "build", "build_all",
+           "read_info", "read_frame_map", "frame_slots", "recording_micros",
+           "part_name", "PartFrames", "ReviewVideos", "part_of_media"]

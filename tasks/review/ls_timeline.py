@@ -1,0 +1,165 @@
+"""Whole-recording time-span labelling in Label Studio: `push` makes every recording's review
+video (`tasks.annotations.review_video`) and imports one ``TimelineLabels`` task per part into
+a project of its own (``exports/labelstudio/timeline.xml``: the hierarchical labels file's
+paths); `pull` reads back what reviewers labelled, as recording time, into
+``OUT/spans.parquet`` and ``OUT/frame_labels.parquet``.
+
+A task carries its part's name and the signature of the WebMs it was joined from
+(``data.review_video``, ``data.review_signature``). Pushing twice adds nothing; a recording
+whose clips changed gets a task for its new video, and the old task's labels are left out of
+a pull (they were made on other frames) and reported. These tasks are not in the review
+queue: a pull takes every submitted task each time, so it is idempotent by construction.
+Existing spans (``OUT/spans.parquet``) are shown as the task's prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from tasks.errors import ConfigError
+from tasks.recipe import Recipe
+from tasks.annotations import review_video
+from tasks.review.ls_client import LabelStudio
+from tasks.review.ls_sync import project_title, uploads_by_name, webm_url
+from tasks.store.storage import Location, open_location, read_bytes, write_bytes_atomic
+
+PULLED_FILE = "label_studio_timeline.json"  # in OUT/review_video/: the tasks a pull read
+FROM_NAME, TO_NAME = "activity", "video"  # as `tasks.formats.labelstudio.timeline_config`
+
+
+def timeline_title(recipe: Recipe, out: Location) -> str:
+    return recipe.review.label_studio.timeline_project or f"{project_title(recipe, out)} timeline"
+
+
+def push(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
+    """Review videos made (or kept), their parts imported as tasks the project lacks."""
+    started = time.perf_counter()
+    out = open_location(out_uri, recipe.storage)
+    config = read_bytes(out, out.path("exports", "labelstudio", "timeline.xml"))
+    if config is None:
+        raise ConfigError(f"no exports/labelstudio/timeline.xml in {out_uri}: set labels.file "
+                          "(the hierarchical labels) and export labelstudio, then run again")
+    made = review_video.build_all(out_uri, recipe)
+    project, project_made = client.project(timeline_title(recipe, out), config.decode("utf-8"))
+    present = {(t["data"].get("review_video"), t["data"].get("review_signature"))
+               for t in client.tasks(project) if isinstance(t.get("data"), dict)}
+    uploads = {} if recipe.review.label_studio.video == "template" else \
+        uploads_by_name(client, project)
+    spans = _spans(out)
+    new = []
+    for video in made["videos"]:
+        for part in video["parts"]:
+            if (part["name"], video["signature"]) in present:
+                continue
+            data = {"video": webm_url(part["uri"], out, recipe, client, project, uploads),
+                    "fps": float(Fraction(video["fps"])),
+                    "recording": video["recording"], "review_video": part["name"],
+                    "part": part["part"], "review_signature": video["signature"],
+                    "recording_start_s": part["recording_start_s"]}
+            task: dict[str, Any] = {"data": data}
+            ranges = _prediction(out, video, part, spans)
+            if ranges:
+                task["predictions"] = [{"model_version": "preannotate spans", "result": ranges}]
+            new.append(task)
+    imported = client.import_tasks(project, new)
+    return {"project": project, "project_url": f"{client.url}/projects/{project}",
+            "project_made": project_made, "pushed": imported,
+            "parts": sum(len(v["parts"]) for v in made["videos"]),
+            "videos_made": [v["recording"] for v in made["videos"] if v["made"]],
+            "recordings_without_video": made["skipped"],
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def pull(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
+    """Every submitted timeline task -> ``OUT/spans.parquet`` and ``frame_labels.parquet``."""
+    from tasks.annotations.spans import frame_labels_uri
+
+    started = time.perf_counter()
+    out = open_location(out_uri, recipe.storage)
+    title = timeline_title(recipe, out)
+    found = client.find_project(title)
+    if found is None:
+        raise ConfigError(f"Label Studio has no project {title!r}: run `preannotate review "
+                          "push --timeline` first")
+    current = {}
+    for path in _infos(out):
+        info = json.loads(read_bytes(out, path) or b"{}")
+        for part in info.get("parts", []):
+            current[part["name"]] = info.get("signature")
+    taken, waiting, skipped, outdated = [], 0, 0, []
+    for task in client.tasks(int(found["id"])):
+        data = task.get("data") or {}
+        name = data.get("review_video")
+        if not name:
+            continue
+        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+        if not annotations:
+            waiting += 1
+        elif all(a.get("was_cancelled") for a in annotations):
+            skipped += 1
+        elif current.get(name) != data.get("review_signature"):
+            outdated.append({"ls_task": task.get("id"), "review_video": name,
+                             "why": "its clips were converted again since the push: label "
+                             "the new task"})
+        else:
+            task = {**task, "predictions": []}  # a reviewer's answer only, never our own
+            taken.append(task)
+    pulled = out.path(review_video.VIDEO_DIR, PULLED_FILE)
+    write_bytes_atomic(out, pulled, json.dumps(taken, indent=1).encode())
+    summary: dict[str, Any] = {"project": int(found["id"]), "submitted": len(taken),
+                               "waiting": waiting, "skipped": skipped, "outdated": outdated}
+    if taken:
+        summary["spans"] = frame_labels_uri(out_uri, recipe, out.url(pulled))
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _infos(out: Location) -> list[str]:
+    folder = out.path(review_video.VIDEO_DIR)
+    if not out.fs.exists(folder):
+        return []
+    return [str(p) for p in out.fs.ls(folder, detail=False) if str(p).endswith(".json")
+            and not str(p).endswith(PULLED_FILE)]
+
+
+def _spans(out: Location):
+    from tasks.annotations.spans import FRAME_LABELS_FILE
+    from tasks.store.tables import read_table
+
+    return read_table(out, out.path(FRAME_LABELS_FILE))
+
+
+def _prediction(out: Location, video: dict, part: dict, frame_labels) -> list[dict[str, Any]]:
+    """The frame labels of OUT on this part, as timeline ranges (1-based frames at fps)."""
+    if frame_labels is None or not frame_labels.num_rows:
+        return []
+    frames = review_video.read_frame_map(out, video["recording"], part["part"])
+    mine = np.asarray(frame_labels["recording"].to_pylist(), dtype=object) == video["recording"]
+    if not mine.any() or frames is None:
+        return []
+    rate = Fraction(video["fps"])
+    global_frames = frames["global_frame"].to_numpy()
+    slots = review_video.frame_slots(np.rint(frames["part_time_s"].to_numpy() * 1e6), rate)
+    result = []
+    labelled = frame_labels.filter(mine)
+    for label in dict.fromkeys(labelled["label"].to_pylist()):
+        wanted = labelled.filter(np.asarray(labelled["label"].to_pylist(), dtype=object) == label)
+        on = np.isin(global_frames, wanted["global_frame"].to_numpy())
+        for a, b in _runs(on):
+            result.append({"id": f"span-{len(result) + 1}", "type": "timelinelabels",
+                           "from_name": FROM_NAME, "to_name": TO_NAME, "origin": "prediction",
+                           "value": {"ranges": [{"start": int(slots[a]),
+                                                 "end": int(slots[b - 1])}],
+                                     "timelinelabels": [label]}})
+    return result
+
+
+def _runs(on: np.ndarray) -> list[tuple[int, int]]:
+    """``[a, b)`` of every run of True."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], on.astype(np.int8), [0]))))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
