@@ -11,10 +11,14 @@ environment from `tests/setup-peers.sh`), then measures, side by side in this pr
 - a reviewer submitting every task through the API (a box moved 10 px), not timed;
 - `review pull` (completing every queue task through validation; `seconds` in its output,
   without applying) against the reference: the server's JSON export of the project;
-- applying the results (one pipeline run re-tracking every clip), reported apart.
+- applying the results (one pipeline run re-tracking every clip), reported apart;
+- `review push --timeline` (the recording's review video joined, uploaded, one task per part)
+  and, after a range is labelled on each task, `review pull --timeline` (spans and frame
+  labels in recording time), against the server's JSON export of that project.
 
-``--screenshot FILE`` also opens the first task in headless Chromium (Debian's
-``/usr/bin/chromium`` driven by pip ``playwright``) and saves what a reviewer sees.
+``--screenshot FILE`` (and ``--timeline-screenshot FILE``) also opens the first task in
+headless Chromium (Debian's ``/usr/bin/chromium`` driven by pip ``playwright``) and saves
+what a reviewer sees.
 
     python -m benchmarks.label_studio_handoff --clips 50
 """
@@ -41,7 +45,8 @@ from tests import ls_server  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "label_studio_handoff"
 RECIPE = ("detect: {every_nth: 5}\nexport: {formats: [json, labelstudio]}\n"
-          "review: {formats: [json, labelstudio], label_studio: {batch: 10000}}\n")
+          "review: {formats: [json, labelstudio], label_studio: {batch: 10000}}\n"
+          f"labels: {{file: {ROOT / 'configs' / 'labels' / 'example.yaml'}}}\n")
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> tuple[float, dict]:
@@ -59,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=50)
     parser.add_argument("--screenshot", default=None, metavar="FILE")
+    parser.add_argument("--timeline-screenshot", default=None, metavar="FILE")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     clip = one_second_clip(WORK.parent / "noop_rerun" / "one-second.mp4")
@@ -107,6 +113,29 @@ def main() -> None:
         if args.screenshot:
             screenshot(server, pushed["project"], tasks[0]["id"], args.screenshot)
 
+        # Whole-recording time spans: the N clips joined into the recording's review video,
+        # one TimelineLabels task per part; a range labelled, pulled into frame labels.
+        timeline = ("review", "push", "--out", str(out), "--config", str(config), "--timeline")
+        tl_push_s, tl_pushed = cli(*timeline, env=env)
+        tl_tasks = api.get("/api/tasks", params={"project": tl_pushed["project"],
+                                                  "fields": "all"}).json()["tasks"]
+        for task in tl_tasks:
+            region = {"id": "s1", "type": "timelinelabels", "from_name": "activity",
+                      "to_name": "video", "origin": "manual",
+                      "value": {"ranges": [{"start": 16, "end": 45}],
+                                "timelinelabels": ["Task 1/Sub Task 1.1"]}}
+            api.post(f"/api/tasks/{task['id']}/annotations",
+                     json={"result": [region]}).raise_for_status()
+        started = time.perf_counter()
+        api.get(f"/api/projects/{tl_pushed['project']}/export",
+                params={"exportType": "JSON"}).raise_for_status()
+        tl_export_s = time.perf_counter() - started
+        tl_pull_s, tl_pulled = cli(*timeline[:1], "pull", *timeline[2:], env=env)
+        assert tl_pulled["submitted"] == len(tl_tasks), tl_pulled
+        if args.timeline_screenshot:
+            screenshot(server, tl_pushed["project"], tl_tasks[0]["id"], args.timeline_screenshot,
+                       tab=None)
+
     n = args.clips
     result = {
         "clips": n, "pipeline_run_s": round(first, 2),
@@ -121,25 +150,22 @@ def main() -> None:
         "pull_over_reference": round(pulled["seconds"] / export_s, 2),
         "applied_frames_retracked": sum(a["frames_retracked"] for a in
                                         pulled["applied"]["reviews_applied"]),
+        "timeline": {"parts": tl_pushed["parts"], "push_command_s": round(tl_push_s, 2),
+                     "push_s": tl_pushed["seconds"], "pull_command_s": round(tl_pull_s, 2),
+                     "pull_s": tl_pulled["seconds"], "reference_export_s": round(tl_export_s, 3),
+                     "frame_labels": tl_pulled["spans"]["frame_labels"]},
     }
     print(json.dumps(result, indent=2))
     (WORK.parent / "label_studio_handoff.json").write_text(json.dumps(result, indent=2))
 
 
-def screenshot(server, project: int, task: int, path: str) -> None:
-    """What a reviewer sees: log in (a user signed up here), open the task, show our
-    prediction a second into the clip."""
-    import re
-
+def screenshot(server, project: int, task: int, path: str, tab: str | None = "preannotate"
+               ) -> None:
+    """What a reviewer sees: log in as the server's user, open the task, show our
+    prediction a second into the clip (``tab``: the prediction's tab to click, if any)."""
     from playwright.sync_api import sync_playwright
 
-    email, password = "screenshot@example.com", "screenshot-pass-123"
-    web = httpx.Client(base_url=server.url)
-    form = web.get("/user/signup/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-    web.post("/user/signup/", data={"csrfmiddlewaretoken": token, "email": email,
-                                    "password": password},
-             headers={"Referer": f"{server.url}/user/signup/"})
+    email, password = server.email, server.password
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -151,8 +177,9 @@ def screenshot(server, project: int, task: int, path: str) -> None:
         page.goto(f"{server.url}/projects/{project}/data?task={task}")
         page.wait_for_load_state("networkidle")
         time.sleep(6)
-        page.get_by_text("preannotate", exact=True).first.click()
-        time.sleep(2)
+        if tab:
+            page.get_by_text(tab, exact=True).first.click()
+            time.sleep(2)
         page.screenshot(path=path)
         browser.close()
 

@@ -97,6 +97,8 @@ def build(out: Location, records: Sequence[ClipRecord], max_part_bytes: int) -> 
     if kept and kept.get("signature") == signature and all(
             size_of(out, out.path(VIDEO_DIR, p["file"])) == p["bytes"] for p in kept["parts"]):
         return {**kept, "made": False}
+    if out.fs.exists(info_path):  # parts are replaced one by one: the old map no longer holds
+        out.fs.rm(info_path)
     joiner = _Joiner(out, recording, max_part_bytes)
     try:
         for record in clips:
@@ -254,7 +256,8 @@ class _Joiner:
     def _open(self, template, geometry: tuple, first_us: int) -> _Open:
         number = len(self.parts) + 1
         path = os.path.join(self.tmp, f"{part_name(self.recording, number)}.webm")
-        container = av.open(path, "w", format="webm")
+        # bitexact: no random segment UIDs, so a rerun writes the very same bytes
+        container = av.open(path, "w", format="webm", options={"fflags": "+bitexact"})
         stream = container.add_stream_from_template(template)
         stream.time_base = _MS
         self.part = _Open(number, path, container, stream, geometry, first_us)
@@ -283,7 +286,7 @@ class _Joiner:
         if not np.array_equal(got, wrote):
             raise MediaReadError(f"review video of {self.recording!r} part {part.number}: "
                                  f"demuxing it gives {len(got)} frames, {len(wrote)} were "
-                                 "written; nothing was kept")
+                                 "written; the review video was not made")
 
     def finish(self) -> tuple[list[dict[str, Any]], pa.Table]:
         if self.part is not None:
@@ -368,47 +371,49 @@ class PartFrames:
 
 class ReviewVideos:
     """The review videos of an OUT, found by part name (``<recording>.part-NNN``, as a tool
-    shows the file), read when first asked for."""
+    shows the file); a recording's map is read when one of its parts is first asked for."""
 
     def __init__(self, out: Location):
         self.out = out
-        self._parts: dict[str, PartFrames] | None = None
-
-    def _load(self) -> dict[str, PartFrames]:
-        found: dict[str, PartFrames] = {}
-        folder = self.out.path(VIDEO_DIR)
-        names = self.out.fs.ls(folder, detail=False) if self.out.fs.exists(folder) else []
-        for path in names:
-            if not str(path).endswith(".json"):
-                continue
-            info = json.loads(read_bytes(self.out, str(path)) or b"null")
-            if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
-                continue
-            table = read_table(self.out, _paths(self.out, info["recording"])[0])
-            if table is None:
-                continue
-            part = table["part"].to_numpy()
-            part_us = np.rint(table["part_time_s"].to_numpy() * 1e6).astype(np.int64)
-            rec_us = np.rint(table["recording_time_s"].to_numpy() * 1e6).astype(np.int64)
-            fps = Fraction(info["fps"])
-            step = int(round(1e6 / fps))
-            for p in info["parts"]:
-                mine = np.flatnonzero(part == p["part"])
-                after = mine[-1] + 1
-                next_us = int(rec_us[after]) if after < len(rec_us) else int(rec_us[-1]) + step
-                found[p["name"]] = PartFrames(info["recording"], p["part"], fps,
-                                              part_us[mine], rec_us[mine], next_us)
-        return found
+        self._parts: dict[str, PartFrames] = {}
+        self._read: set[str] = set()
 
     def part(self, name: str, where: str) -> PartFrames:
-        if self._parts is None:
-            self._parts = self._load()
+        stem = name.rpartition(".part-")[0]
+        if stem and stem not in self._read:
+            self._read.add(stem)
+            self._parts.update(self._load(stem))
         found = self._parts.get(name)
         if found is None:
             raise SpanError(f"{where}: review video {name!r} is not in "
                             f"{self.out.url(self.out.path(VIDEO_DIR))}: make it again "
-                            "(`preannotate review push --timeline`) or give the spans file "
-                            "of that OUT")
+                            "(`preannotate review video`) or give the spans file with the "
+                            "OUT it was made in")
+        return found
+
+    def _load(self, stem: str) -> dict[str, PartFrames]:
+        data = read_bytes(self.out, self.out.path(VIDEO_DIR, f"{stem}.json"))
+        try:
+            info = json.loads(data) if data else None
+        except ValueError:
+            return {}
+        if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
+            return {}
+        table = read_table(self.out, _paths(self.out, info["recording"])[0])
+        if table is None:
+            return {}
+        part = table["part"].to_numpy()
+        part_us = np.rint(table["part_time_s"].to_numpy() * _US).astype(np.int64)
+        rec_us = np.rint(table["recording_time_s"].to_numpy() * _US).astype(np.int64)
+        fps = Fraction(info["fps"])
+        step = int(round(_US / fps))
+        found = {}
+        for p in info["parts"]:
+            mine = np.flatnonzero(part == p["part"])
+            after = mine[-1] + 1
+            next_us = int(rec_us[after]) if after < len(rec_us) else int(rec_us[-1]) + step
+            found[p["name"]] = PartFrames(info["recording"], p["part"], fps, part_us[mine],
+                                          rec_us[mine], next_us)
         return found
 
 

@@ -76,12 +76,7 @@ def pull(queue, recipe: Recipe, client: LabelStudio, out_uri: str) -> dict[str, 
     started = time.perf_counter()
     settings = recipe.review.label_studio
     out = open_location(out_uri, recipe.storage)
-    title = project_title(recipe, out)
-    found = client.find_project(title)
-    if found is None:
-        raise ConfigError(f"Label Studio has no project {title!r}: run `preannotate review "
-                          "push` first")
-    project = int(found["id"])
+    project = pushed_project(client, project_title(recipe, out), "review push")
     completed, skipped, waiting, already, refused = [], [], 0, 0, []
     for ls_task in client.tasks(project):
         task_id = (ls_task.get("data") or {}).get("queue_task")
@@ -122,6 +117,15 @@ def pull(queue, recipe: Recipe, client: LabelStudio, out_uri: str) -> dict[str, 
     return {"project": project, "completed": completed, "skipped": skipped,
             "waiting": waiting, "already_applied": already, "refused": refused,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def pushed_project(client: LabelStudio, title: str, push: str) -> int:
+    """The id of the project ``push`` made; a `ConfigError` saying to run it when missing."""
+    found = client.find_project(title)
+    if found is None:
+        raise ConfigError(f"Label Studio has no project {title!r}: run `preannotate {push}` "
+                          "first")
+    return int(found["id"])
 
 
 def _handled(queue, task_id: int, annotations: list[int]) -> bool:

@@ -25,7 +25,7 @@ from tasks.errors import ConfigError
 from tasks.recipe import Recipe
 from tasks.annotations import review_video
 from tasks.review.ls_client import LabelStudio
-from tasks.review.ls_sync import project_title, uploads_by_name, webm_url
+from tasks.review.ls_sync import project_title, pushed_project, uploads_by_name, webm_url
 from tasks.store.storage import Location, open_location, read_bytes, write_bytes_atomic
 
 PULLED_FILE = "label_studio_timeline.json"  # in OUT/review_video/: the tasks a pull read
@@ -81,18 +81,14 @@ def pull(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
 
     started = time.perf_counter()
     out = open_location(out_uri, recipe.storage)
-    title = timeline_title(recipe, out)
-    found = client.find_project(title)
-    if found is None:
-        raise ConfigError(f"Label Studio has no project {title!r}: run `preannotate review "
-                          "push --timeline` first")
+    project = pushed_project(client, timeline_title(recipe, out), "review push --timeline")
     current = {}
     for path in _infos(out):
         info = json.loads(read_bytes(out, path) or b"{}")
         for part in info.get("parts", []):
             current[part["name"]] = info.get("signature")
     taken, waiting, skipped, outdated = [], 0, 0, []
-    for task in client.tasks(int(found["id"])):
+    for task in client.tasks(project):
         data = task.get("data") or {}
         name = data.get("review_video")
         if not name:
@@ -111,7 +107,7 @@ def pull(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
             taken.append(task)
     pulled = out.path(review_video.VIDEO_DIR, PULLED_FILE)
     write_bytes_atomic(out, pulled, json.dumps(taken, indent=1).encode())
-    summary: dict[str, Any] = {"project": int(found["id"]), "submitted": len(taken),
+    summary: dict[str, Any] = {"project": project, "submitted": len(taken),
                                "waiting": waiting, "skipped": skipped, "outdated": outdated}
     if taken:
         summary["spans"] = frame_labels_uri(out_uri, recipe, out.url(pulled))

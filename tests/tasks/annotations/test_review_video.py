@@ -204,3 +204,31 @@ def test_the_cli_makes_them_and_says_what_it_made(converted, capsys):
     assert long["recording"] == "long" and long["frames"] == 260 and long["clips_left_out"] == 0
     assert main(["review", "video", "--out", str(converted / "out"), "--recording", "nope"]) == 2
     assert "no recording 'nope'" in capsys.readouterr().err
+
+
+def test_a_join_that_stops_midway_leaves_no_map_and_a_rerun_makes_the_same_files(
+        converted, monkeypatch):
+    folder = converted / "out" / "review_video"
+    _build(converted, 20_000)
+    before = {p.name: p.read_bytes() for p in folder.glob("long.*")}
+    assert len([n for n in before if n.endswith(".webm")]) == 3
+    checked = []
+
+    def stop_at_the_second_part(self, part):
+        checked.append(part.number)
+        if part.number == 2:
+            raise OSError("no space left on device")
+
+    monkeypatch.setattr(review_video._Joiner, "_check", stop_at_the_second_part)
+    with pytest.raises(OSError):
+        review_video.build_all(str(converted / "out"), parse_recipe(
+            {"review": {"recording_video": {"max_part_bytes": 40_000}}}), ["long"])
+    assert checked == [1, 2] and not (folder / "long.json").exists()
+    out = open_location(str(converted / "out"))
+    with pytest.raises(SpanError, match="make it again"):
+        review_video.ReviewVideos(out).part("long.part-001", "spans")
+    monkeypatch.undo()
+    _, made = _build(converted, 20_000)
+    assert [v["made"] for v in made["videos"] if v["recording"] == "long"] == [True]
+    assert {p.name: p.read_bytes() for p in folder.glob("long.*")} == before
+    assert not list(folder.parent.glob("**/*.tmp-*"))
