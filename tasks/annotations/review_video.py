@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import av
 import numpy as np
@@ -45,6 +47,7 @@ from tasks.store.tables import Columns, read_table, schema, write_table
 VIDEO_DIR = "review_video"
 FORMAT_VERSION = 1
 _MS = Fraction(1, 1000)  # WebM's clock
+_FRAME_OVERHEAD, _HEAD_OVERHEAD = 32, 4096  # bytes a part adds to its packets
 
 FRAME_MAP_COLUMNS: Columns = [
     ("part", pa.int32(), "1-based part of the recording's review video"),
@@ -94,8 +97,9 @@ def build(out: Location, records: Sequence[ClipRecord], max_part_bytes: int) -> 
     signature = _signature(clips, max_part_bytes)
     map_path, info_path = _paths(out, recording)
     kept = read_info(out, recording)
-    if kept and kept.get("signature") == signature and all(
+    if kept and kept.get("signature") == signature and size_of(out, map_path) and all(
             size_of(out, out.path(VIDEO_DIR, p["file"])) == p["bytes"] for p in kept["parts"]):
+        _remove_stale_parts(out, recording, len(kept["parts"]))
         return {**kept, "made": False}
     if out.fs.exists(info_path):  # parts are replaced one by one: the old map no longer holds
         out.fs.rm(info_path)
@@ -111,8 +115,7 @@ def build(out: Location, records: Sequence[ClipRecord], max_part_bytes: int) -> 
             "fps": str(_nominal_rate(clips)), "max_part_bytes": max_part_bytes,
             "frames": table.num_rows, "clips": len(clips), "parts": parts}
     write_bytes_atomic(out, info_path, json.dumps(info, indent=1).encode())
-    for stale in _stale_parts(out, recording, len(parts)):
-        out.fs.rm(stale)
+    _remove_stale_parts(out, recording, len(parts))
     return {**info, "made": True}
 
 
@@ -161,18 +164,17 @@ def _nominal_rate(clips: Sequence[ClipRecord]) -> Fraction:
         except (ValueError, ZeroDivisionError):
             rate = None
         if rate and rate > 0:
-            return rate
+            # An average rate can be 2000000000/66733333: the nearest rate a person would
+            # name (29.97 is 30000/1001) keeps frame slots exact and small
+            return rate.limit_denominator(1001)
     return Fraction(25)
 
 
-def _stale_parts(out: Location, recording: str, parts: int) -> Iterator[str]:
+def _remove_stale_parts(out: Location, recording: str, parts: int) -> None:
     """Parts of an earlier join with more parts than this one."""
     n = parts + 1
-    while True:
-        path = out.path(VIDEO_DIR, f"{part_name(recording, n)}.webm")
-        if not out.fs.exists(path):
-            return
-        yield path
+    while out.fs.exists(path := out.path(VIDEO_DIR, f"{part_name(recording, n)}.webm")):
+        out.fs.rm(path)
         n += 1
 
 
@@ -199,6 +201,7 @@ class _Joiner:
         self.part: _Open | None = None
         self.parts: list[dict[str, Any]] = []
         self.rows: list[tuple[np.ndarray, ...]] = []  # the map's columns, a group at a time
+        self.last_us = -1  # the recording time of the last frame joined
         self.tmp = tempfile.mkdtemp(prefix="review-video-")
 
     def add_clip(self, record: ClipRecord) -> None:
@@ -213,24 +216,37 @@ class _Joiner:
             container.seek(0, stream=stream)
             cc = stream.codec_context
             geometry = (cc.name, cc.width, cc.height, cc.pix_fmt, bytes(cc.extradata or b""))
+            if at_us[0] <= self.last_us:
+                raise MediaReadError(
+                    f"{record.recording} clip {record.clip_index} starts at {at_us[0] / _US} s "
+                    f"of the recording, not after the previous clip's last frame "
+                    f"({self.last_us / _US} s): its recording_start_s is wrong (a clip "
+                    "before it without a duration?); convert the recording again")
             group: list = []
+            joined = 0
             for packet in container.demux(stream):
-                if packet.pts is None or packet.size == 0:
+                if packet.pts is None or packet.is_discard:  # as `frame_timeline` counts
                     continue
                 if packet.is_keyframe and group:
-                    self._add_group(group, stream, geometry, timeline, at_us, record)
+                    joined += self._add_group(group, stream, geometry, timeline, at_us, record)
                     group = []
                 group.append(packet)
             if group:
-                self._add_group(group, stream, geometry, timeline, at_us, record)
+                joined += self._add_group(group, stream, geometry, timeline, at_us, record)
+            if joined != len(timeline):
+                raise MediaReadError(f"{self.out.url(path)}: {joined} frames joined of "
+                                     f"{len(timeline)}; the review video was not made")
+            self.last_us = int(at_us[-1])
 
     def _add_group(self, packets: list, stream, geometry: tuple, timeline: Timeline,
-                   at_us: np.ndarray, record: ClipRecord) -> None:
+                   at_us: np.ndarray, record: ClipRecord) -> int:
         frames = np.searchsorted(timeline.pts, [p.pts for p in packets])
-        size = sum(p.size for p in packets)
+        # The packets, and the container's share: ~32 bytes a frame (block headers, cues)
+        # and the headers; a part's file stays under the cap but for a GOP alone over it.
+        size = sum(p.size for p in packets) + _FRAME_OVERHEAD * len(packets)
         part = self.part
-        if part is not None and (part.geometry != geometry or
-                                 (part.frames and part.bytes + size > self.cap)):
+        if part is not None and (part.geometry != geometry or (
+                part.frames and _HEAD_OVERHEAD + part.bytes + size > self.cap)):
             self._close()  # a new part at this keyframe (or a clip of another size)
             part = None
         if part is None:
@@ -252,14 +268,19 @@ class _Joiner:
                           frames + int(record.global_first_frame or 0)))
         part.frames += n
         part.bytes += size
+        return n
 
     def _open(self, template, geometry: tuple, first_us: int) -> _Open:
         number = len(self.parts) + 1
         path = os.path.join(self.tmp, f"{part_name(self.recording, number)}.webm")
         # bitexact: no random segment UIDs, so a rerun writes the very same bytes
         container = av.open(path, "w", format="webm", options={"fflags": "+bitexact"})
-        stream = container.add_stream_from_template(template)
-        stream.time_base = _MS
+        try:
+            stream = container.add_stream_from_template(template)
+            stream.time_base = _MS
+        except BaseException:
+            container.close()
+            raise
         self.part = _Open(number, path, container, stream, geometry, first_us)
         return self.part
 
@@ -300,19 +321,26 @@ class _Joiner:
         return self.parts, table
 
     def discard(self) -> None:
-        if self.part is not None:
-            self.part.container.close()
-            self.part = None
-        for name in os.listdir(self.tmp):
-            os.unlink(os.path.join(self.tmp, name))
-        os.rmdir(self.tmp)
+        try:
+            if self.part is not None:
+                self.part, part = None, self.part
+                part.container.close()
+        except av.error.FFmpegError:
+            pass  # a part abandoned after an error: the error that stopped the join matters
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # --- reading it back -------------------------------------------------------------------------
 
 
 def read_info(out: Location, recording: str) -> dict[str, Any] | None:
-    data = read_bytes(out, _paths(out, recording)[1])
+    """A recording's review video description; None if missing, unreadable or older."""
+    return read_info_file(out, _paths(out, recording)[1])
+
+
+def read_info_file(out: Location, path: str) -> dict[str, Any] | None:
+    data = read_bytes(out, path)
     try:
         info = json.loads(data) if data else None
     except ValueError:
@@ -362,11 +390,21 @@ class PartFrames:
         end = self.recording_us[j] if j < len(self.recording_us) else self.next_us
         return self.recording_us[i] / 1e6, end / 1e6
 
+    def gap_span(self, i: int, start_s: float, end_s: float) -> tuple[float, float]:
+        """A range that holds no frame, before frame ``i`` (0 < i < frames): its times in
+        the part as recording times, kept inside the gap, so that it labels no frame."""
+        lo, hi = int(self.recording_us[i - 1]) + 1, int(self.recording_us[i])
+        start = min(max(round(self.recording_time(start_s) * _US), lo), hi - 1)
+        end = min(max(round(self.recording_time(end_s) * _US), start + 1), hi)
+        return start / _US, end / _US
+
     def recording_time(self, seconds: float) -> float:
-        """A time in the part -> the recording's time: from the frame shown then."""
-        t = int(round(seconds * 1e6))
+        """A time in the part -> the recording's time: from the frame shown then, never
+        past the part's end (after it is the next part's time)."""
+        t = int(round(seconds * _US))
         k = max(int(np.searchsorted(self.part_us, t, "right")) - 1, 0)
-        return (int(self.recording_us[k]) + t - int(self.part_us[k])) / 1e6
+        at = int(self.recording_us[k]) + t - int(self.part_us[k])
+        return min(max(at, int(self.recording_us[0])), self.next_us) / _US
 
 
 class ReviewVideos:
@@ -392,12 +430,8 @@ class ReviewVideos:
         return found
 
     def _load(self, stem: str) -> dict[str, PartFrames]:
-        data = read_bytes(self.out, self.out.path(VIDEO_DIR, f"{stem}.json"))
-        try:
-            info = json.loads(data) if data else None
-        except ValueError:
-            return {}
-        if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
+        info = read_info_file(self.out, self.out.path(VIDEO_DIR, f"{stem}.json"))
+        if info is None:
             return {}
         table = read_table(self.out, _paths(self.out, info["recording"])[0])
         if table is None:
@@ -424,6 +458,8 @@ def part_of_media(media: str) -> str | None:
     parsed = urlparse(media)
     path = unquote(parse_qs(parsed.query).get("d", [parsed.path])[0])
     name = os.path.basename(path)
+    if "/upload/" in path and re.fullmatch(r"[0-9a-f]{8}-.+", name):
+        name = name[9:]  # Label Studio keeps an upload under an 8-character prefix
     stem = name[:-len(".webm")] if name.endswith(".webm") else None
     if not stem:
         return None
@@ -434,5 +470,5 @@ def part_of_media(media: str) -> str | None:
 
 
 __all__ = ["VIDEO_DIR", "FRAME_MAP_COLUMNS", "FRAME_MAP_SCHEMA", "build", "build_all",
-           "read_info", "read_frame_map", "frame_slots", "recording_micros",
+           "read_info", "read_info_file", "read_frame_map", "frame_slots", "recording_micros",
            "part_name", "PartFrames", "ReviewVideos", "part_of_media"]

@@ -69,10 +69,11 @@ def is_timeline_export(items: Any) -> bool:
     """Whether a JSON document is a Label Studio task list with timeline labels."""
     return isinstance(items, list) and any(
         isinstance(task, dict) and isinstance(task.get("data"), dict)
-        and any(isinstance(r, dict) and r.get("type") == "timelinelabels"
-                for group in ("annotations", "predictions")
-                for item in (task.get(group) or []) if isinstance(item, dict)
-                for r in (item.get("result") or []))
+        and (bool(task["data"].get("review_video"))  # ours, even with nothing labelled
+             or any(isinstance(r, dict) and r.get("type") == "timelinelabels"
+                    for group in ("annotations", "predictions")
+                    for item in (task.get(group) or []) if isinstance(item, dict)
+                    for r in (item.get("result") or [])))
         for task in items)
 
 
@@ -107,18 +108,23 @@ def label_studio_timeline_columns(tasks: list, where: str, videos=None) -> Colum
                 a, b = (frames.get("start"), frames.get("end")) if isinstance(frames, dict) \
                     else (None, None)
                 if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                           for v in (a, b)):
-                    raise SpanError(f"{where}: {at}: {frames!r} is not a 1-based frame range")
+                           for v in (a, b)) or b < a:
+                    raise SpanError(f"{where}: {at}: {frames!r} is not a 1-based frame range "
+                                    "(start <= end)")
                 if part is None:
                     rows.append((recording, float((a - 1) / rate), float(b / rate), labels[0], at))
                     continue
-                if part.fps != rate:
+                if abs(fps - part.fps) > 1e-6 * part.fps:  # data.fps is a float of it
                     raise SpanError(f"{where}: task [{i}]: data.fps {fps} is not the review "
                                     f"video's rate {part.fps}: the ranges would be misread")
-                span = part.recording_span(*part.frames_in_range(a, b)) or (
-                    # no frame's slot in it (a gap): kept, so it is reported as labelling none
-                    part.recording_time(max(a - 1.5, 0) / rate),
-                    part.recording_time((b - 0.5) / rate))
+                first, stop = part.frames_in_range(a, b)
+                if first >= len(part.part_us):
+                    raise SpanError(f"{where}: {at}: frames {a}..{b} are after the last frame "
+                                    f"of {part.recording} part {part.part}")
+                # A range over a gap holds no frame: kept inside the gap, so it is reported
+                # as labelling none.
+                span = part.recording_span(first, stop) or part.gap_span(
+                    first, float(max(a - 1.5, 0) / part.fps), float((b - 0.5) / part.fps))
                 rows.append((recording, *span, labels[0], at))
     return _columns(rows, where)
 

@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from tasks.errors import ConfigError
 from tasks.recipe import Recipe
@@ -28,7 +29,8 @@ from tasks.review.ls_client import LabelStudio
 from tasks.review.ls_sync import project_title, pushed_project, uploads_by_name, webm_url
 from tasks.store.storage import Location, open_location, read_bytes, write_bytes_atomic
 
-PULLED_FILE = "label_studio_timeline.json"  # in OUT/review_video/: the tasks a pull read
+# In OUT/review_video/: the tasks a pull read; no recording's file starts with "_"
+PULLED_FILE = "_label_studio_pull.json"
 FROM_NAME, TO_NAME = "activity", "video"  # as `tasks.formats.labelstudio.timeline_config`
 
 
@@ -53,6 +55,7 @@ def push(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
     spans = _spans(out)
     new = []
     for video in made["videos"]:
+        frames = review_video.read_frame_map(out, video["recording"]) if spans else None
         for part in video["parts"]:
             if (part["name"], video["signature"]) in present:
                 continue
@@ -62,7 +65,7 @@ def push(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
                     "part": part["part"], "review_signature": video["signature"],
                     "recording_start_s": part["recording_start_s"]}
             task: dict[str, Any] = {"data": data}
-            ranges = _prediction(out, video, part, spans)
+            ranges = _prediction(video, part, frames, spans)
             if ranges:
                 task["predictions"] = [{"model_version": "preannotate spans", "result": ranges}]
             new.append(task)
@@ -82,11 +85,8 @@ def pull(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
     started = time.perf_counter()
     out = open_location(out_uri, recipe.storage)
     project = pushed_project(client, timeline_title(recipe, out), "review push --timeline")
-    current = {}
-    for path in _infos(out):
-        info = json.loads(read_bytes(out, path) or b"{}")
-        for part in info.get("parts", []):
-            current[part["name"]] = info.get("signature")
+    current = {part["name"]: info["signature"] for info in _infos(out)
+               for part in info["parts"]}
     taken, waiting, skipped, outdated = [], 0, 0, []
     for task in client.tasks(project):
         data = task.get("data") or {}
@@ -115,12 +115,19 @@ def pull(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
     return summary
 
 
-def _infos(out: Location) -> list[str]:
+def _infos(out: Location) -> list[dict[str, Any]]:
+    """The description of every review video in OUT (unreadable ones left out)."""
     folder = out.path(review_video.VIDEO_DIR)
     if not out.fs.exists(folder):
         return []
-    return [str(p) for p in out.fs.ls(folder, detail=False) if str(p).endswith(".json")
-            and not str(p).endswith(PULLED_FILE)]
+    found = []
+    for path in out.fs.ls(folder, detail=False):
+        name = str(path).rsplit("/", 1)[-1]
+        if name.endswith(".json") and not name.startswith("_"):
+            info = review_video.read_info_file(out, str(path))
+            if info is not None:
+                found.append(info)
+    return found
 
 
 def _spans(out: Location):
@@ -130,14 +137,14 @@ def _spans(out: Location):
     return read_table(out, out.path(FRAME_LABELS_FILE))
 
 
-def _prediction(out: Location, video: dict, part: dict, frame_labels) -> list[dict[str, Any]]:
+def _prediction(video: dict, part: dict, frame_map, frame_labels) -> list[dict[str, Any]]:
     """The frame labels of OUT on this part, as timeline ranges (1-based frames at fps)."""
-    if frame_labels is None or not frame_labels.num_rows:
+    if frame_labels is None or not frame_labels.num_rows or frame_map is None:
         return []
-    frames = review_video.read_frame_map(out, video["recording"], part["part"])
     mine = np.asarray(frame_labels["recording"].to_pylist(), dtype=object) == video["recording"]
-    if not mine.any() or frames is None:
+    if not mine.any():
         return []
+    frames = frame_map.filter(pc.equal(frame_map["part"], part["part"]))
     rate = Fraction(video["fps"])
     global_frames = frames["global_frame"].to_numpy()
     slots = review_video.frame_slots(np.rint(frames["part_time_s"].to_numpy() * 1e6), rate)

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.annotations.spans import frame_labels_uri, recording_micros
 from tasks.convert.batch import run_batch
-from tasks.errors import SpanError
+from tasks.errors import MediaReadError, SpanError
 from tasks.media.webm import webm_timeline
 from tasks.recipe import parse_recipe
 from tasks.annotations import review_video
@@ -81,7 +81,9 @@ def test_one_part_holds_every_clip_frame_bit_exact_in_recording_time(converted):
 def test_a_cap_splits_at_clip_starts_and_keyframes_and_a_new_cap_rejoins(converted):
     out, made = _build(converted, 40_000)
     cam, long, _ = sorted(made["videos"], key=lambda v: v["recording"])
-    assert [p["frames"] for p in cam["parts"]] == [30 + 20, 24]  # 22 + 16 kB, then 19 kB
+    # 22 + 16 kB of packets and the container's share are over 40 kB; 16 + 19 kB are not
+    assert [p["frames"] for p in cam["parts"]] == [30, 20 + 24]
+    assert all(p["bytes"] <= 40_000 for p in cam["parts"])
     # 260 frames, keyframes at 0, 128 and 256, about 28 kB a GOP: a part per 40 kB.
     assert [p["frames"] for p in long["parts"]] == [128, 132]
     assert all(p["bytes"] <= 40_000 for p in long["parts"])
@@ -138,7 +140,8 @@ def test_timeline_ranges_on_the_review_video_land_on_the_clips_frames(converted,
 
     info = review_video.read_info(out, "cam")
     labelled = pq.read_table(converted / "out" / "frame_labels.parquet")
-    predicted = _prediction(out, info, info["parts"][0], labelled)
+    predicted = _prediction(info, info["parts"][0], review_video.read_frame_map(out, "cam"),
+                            labelled)
     again = [(r["value"]["ranges"][0]["start"], r["value"]["ranges"][0]["end"]) for r in predicted]
     assert len(again) == 2 and again[0][0] == 26
     spans.write_text(json.dumps(_ls_task("cam.part-001", 25.0, again)))
@@ -168,6 +171,10 @@ def test_prodigy_seconds_on_the_review_video_are_recording_time(converted, tmp_p
 @pytest.mark.parametrize("task, message", [
     (_ls_task("cam.part-009", 25.0, [(1, 2)]), "review video 'cam.part-009' is not in"),
     (_ls_task("cam.part-001", 30.0, [(1, 2)]), "is not the review video's rate 25"),
+    (_ls_task("cam.part-001", 25.0, [(500, 510)]), r"frames 500\.\.510 are after the last "
+     "frame of cam part 1"),
+    (_ls_task("cam.part-001", 25.0, [(20, 10)]), r"region 'r0' ranges\[0\].*not a 1-based "
+     r"frame range \(start <= end\)"),
 ])
 def test_a_range_on_an_unknown_part_or_at_another_rate_is_refused(converted, tmp_path, task,
                                                                    message):
@@ -206,7 +213,7 @@ def test_the_cli_makes_them_and_says_what_it_made(converted, capsys):
     assert "no recording 'nope'" in capsys.readouterr().err
 
 
-def test_a_join_that_stops_midway_leaves_no_map_and_a_rerun_makes_the_same_files(
+def test_a_join_that_stops_midway_is_not_read_and_a_rerun_makes_the_same_files(
         converted, monkeypatch):
     folder = converted / "out" / "review_video"
     _build(converted, 20_000)
@@ -232,3 +239,41 @@ def test_a_join_that_stops_midway_leaves_no_map_and_a_rerun_makes_the_same_files
     assert [v["made"] for v in made["videos"] if v["recording"] == "long"] == [True]
     assert {p.name: p.read_bytes() for p in folder.glob("long.*")} == before
     assert not list(folder.parent.glob("**/*.tmp-*"))
+
+
+def test_a_submitted_task_with_nothing_labelled_gives_no_spans(converted, tmp_path):
+    out, _ = _build(converted, 1 << 30)
+    spans = tmp_path / "timeline.json"
+    spans.write_text(json.dumps(_ls_task("cam.part-001", 25.0, [])))  # "no activity here"
+    summary = frame_labels_uri(str(out.root), parse_recipe({}), str(spans))
+    assert summary["spans"] == 0 and summary["frame_labels"] == 0
+
+
+def test_a_clip_starting_before_the_previous_one_ends_is_refused(converted):
+    out = open_location(str(converted / "out"))
+    clips = [r for r in read_records(out) if r.recording == "cam"]
+    wrong = [r.replace(recording_start_s=0.5) if r.clip_index == 1 else r for r in clips]
+    with pytest.raises(MediaReadError, match="cam clip 1 starts at 0.5 s of the recording, not "
+                       "after the previous clip's last frame"):
+        review_video.build(out, wrong, 1 << 30)
+
+
+def test_an_average_rate_becomes_the_rate_a_person_names():
+    from tasks.store.record import ClipRecord
+
+    record = ClipRecord(fps="2000000000/66733333")
+    assert review_video._nominal_rate([record]) == Fraction(30000, 1001)
+    # Slots stay exact at hours: frame at 40 min 0.033 s is slot 71,930 at 29.97 fps
+    at = np.array([(40 * 60 + 0.033) * 1_000_000], dtype=np.int64)
+    assert review_video.frame_slots(at, Fraction(30000, 1001)).tolist() == [71_930]
+
+
+@pytest.mark.parametrize("media, name", [
+    ("/data/upload/3/0123abcd-cam.part-002.webm", "cam.part-002"),
+    ("/data/local-files/?d=out/review_video/cam.part-002.webm", "cam.part-002"),
+    ("cam.part-002.webm", "cam.part-002"),
+    ("/videos/cam.webm", None),
+    ("/videos/cam.part-2.webm", None),
+])
+def test_a_part_is_known_by_its_media_name(media, name):
+    assert review_video.part_of_media(media) == name
