@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.media import loop_clip, sample  # noqa: E402
 from tasks.recipe import parse_recipe  # noqa: E402
-from tasks.annotations import review_video  # noqa: E402
+from tasks.annotations import review_frames, review_video  # noqa: E402
 from tasks.store.items import read_records  # noqa: E402
 from tasks.store.storage import open_location  # noqa: E402
 
@@ -56,7 +56,7 @@ def convert(clips: int, seconds: int) -> Path:
 def ours(out: Path, cap: int) -> tuple[float, dict]:
     loc = open_location(str(out))
     records = [r for r in read_records(loc) if r.converted]
-    (out / review_video.VIDEO_DIR / "rec.json").unlink(missing_ok=True)
+    (out / review_frames.VIDEO_DIR / "rec.json").unlink(missing_ok=True)
     started = time.perf_counter()
     info = review_video.build(loc, records, cap)
     return time.perf_counter() - started, info
@@ -99,7 +99,7 @@ def main() -> None:
         seconds, joined = ffmpeg(out)
         times["ffmpeg"].append(seconds)
     clip_frames = sum(r.output_frames for r in read_records(open_location(str(out))))
-    ours_frames = sum(len(frames_of(out / review_video.VIDEO_DIR / p["file"]))
+    ours_frames = sum(len(frames_of(out / review_frames.VIDEO_DIR / p["file"]))
                       for p in info["parts"])
     hours = args.clips * args.seconds / 3600
     median = {k: statistics.median(v) for k, v in times.items()}

@@ -58,7 +58,7 @@ def check_export_args(recipe, uri: str, out: str, spans: str | None) -> None:
     if spans:
         from tasks.labels import load_label_tree
         from tasks.annotations.spans import load_spans
-        from tasks.annotations.review_video import ReviewVideos
+        from tasks.annotations.review_frames import ReviewVideos
         from tasks.store.storage import open_location
 
         load_spans(spans, load_label_tree(recipe.labels.file) if recipe.labels.file else None,

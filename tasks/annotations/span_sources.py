@@ -134,10 +134,10 @@ def _number(value: Any) -> bool:
 
 
 def _review_part(name: Any, media: Any, videos, where: str):
-    """The review video part a task shows (`tasks.annotations.review_video.PartFrames`), or
+    """The review video part a task shows (`tasks.annotations.review_frames.PartFrames`), or
     None for any other video."""
     if not (isinstance(name, str) and name):
-        from tasks.annotations.review_video import part_of_media
+        from tasks.annotations.review_frames import part_of_media
 
         name = part_of_media(media) if isinstance(media, str) else None
         if name is None:

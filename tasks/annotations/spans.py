@@ -35,7 +35,7 @@ from tasks.errors import SpanError
 from tasks.annotations.span_sources import (is_timeline_export, label_studio_timeline_columns,
                                              prodigy_columns)
 from tasks.media.frames import Timeline
-from tasks.annotations.review_video import ReviewVideos, recording_micros
+from tasks.annotations.review_frames import ReviewVideos, recording_micros
 from tasks.labels import SEPARATOR, LabelTree, load_label_tree
 from tasks.recipe import Recipe
 from tasks.store.tables import Columns, schema, write_table
@@ -77,7 +77,7 @@ REQUIRED = ("recording", "start_s", "end_s", "label")
 def load_spans(source: str, labels: LabelTree | None = None, videos=None) -> pa.Table:
     """Spans from a CSV, Parquet or JSON (a list of objects) file, a Label Studio timeline
     export or Prodigy JSONL (`tasks.annotations.span_sources`), checked (`SPAN_SCHEMA`).
-    ``videos`` (`tasks.annotations.review_video.ReviewVideos`) reads times given on a
+    ``videos`` (`tasks.annotations.review_frames.ReviewVideos`) reads times given on a
     recording's review video."""
     import fsspec
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from tasks.errors import ConfigError
 from tasks.recipe import Recipe
-from tasks.annotations import review_video
+from tasks.annotations import review_frames, review_video
 from tasks.review.ls_client import LabelStudio
 from tasks.review.ls_sync import project_title, pushed_project, uploads_by_name, webm_url
 from tasks.store.storage import Location, open_location, read_bytes, write_bytes_atomic
@@ -55,7 +55,7 @@ def push(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
     spans = _spans(out)
     new = []
     for video in made["videos"]:
-        frames = review_video.read_frame_map(out, video["recording"]) if spans else None
+        frames = review_frames.read_frame_map(out, video["recording"]) if spans else None
         for part in video["parts"]:
             if (part["name"], video["signature"]) in present:
                 continue
@@ -105,7 +105,7 @@ def pull(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
         else:
             task = {**task, "predictions": []}  # a reviewer's answer only, never our own
             taken.append(task)
-    pulled = out.path(review_video.VIDEO_DIR, PULLED_FILE)
+    pulled = out.path(review_frames.VIDEO_DIR, PULLED_FILE)
     write_bytes_atomic(out, pulled, json.dumps(taken, indent=1).encode())
     summary: dict[str, Any] = {"project": project, "submitted": len(taken),
                                "waiting": waiting, "skipped": skipped, "outdated": outdated}
@@ -117,14 +117,14 @@ def pull(recipe: Recipe, out_uri: str, client: LabelStudio) -> dict[str, Any]:
 
 def _infos(out: Location) -> list[dict[str, Any]]:
     """The description of every review video in OUT (unreadable ones left out)."""
-    folder = out.path(review_video.VIDEO_DIR)
+    folder = out.path(review_frames.VIDEO_DIR)
     if not out.fs.exists(folder):
         return []
     found = []
     for path in out.fs.ls(folder, detail=False):
         name = str(path).rsplit("/", 1)[-1]
         if name.endswith(".json") and not name.startswith("_"):
-            info = review_video.read_info_file(out, str(path))
+            info = review_frames.read_info_file(out, str(path))
             if info is not None:
                 found.append(info)
     return found
@@ -147,7 +147,7 @@ def _prediction(video: dict, part: dict, frame_map, frame_labels) -> list[dict[s
     frames = frame_map.filter(pc.equal(frame_map["part"], part["part"]))
     rate = Fraction(video["fps"])
     global_frames = frames["global_frame"].to_numpy()
-    slots = review_video.frame_slots(np.rint(frames["part_time_s"].to_numpy() * 1e6), rate)
+    slots = review_frames.frame_slots(np.rint(frames["part_time_s"].to_numpy() * 1e6), rate)
     result = []
     labelled = frame_labels.filter(mine)
     for label in dict.fromkeys(labelled["label"].to_pylist()):

@@ -18,7 +18,7 @@ from tasks.convert.batch import run_batch
 from tasks.errors import MediaReadError, SpanError
 from tasks.media.webm import webm_timeline
 from tasks.recipe import parse_recipe
-from tasks.annotations import review_video
+from tasks.annotations import review_frames, review_video
 from tasks.store.items import read_records
 from tasks.store.storage import open_location
 from tests import synth
@@ -138,9 +138,9 @@ def test_timeline_ranges_on_the_review_video_land_on_the_clips_frames(converted,
     # the same frames again.
     from tasks.review.ls_timeline import _prediction
 
-    info = review_video.read_info(out, "cam")
+    info = review_frames.read_info(out, "cam")
     labelled = pq.read_table(converted / "out" / "frame_labels.parquet")
-    predicted = _prediction(info, info["parts"][0], review_video.read_frame_map(out, "cam"),
+    predicted = _prediction(info, info["parts"][0], review_frames.read_frame_map(out, "cam"),
                             labelled)
     again = [(r["value"]["ranges"][0]["start"], r["value"]["ranges"][0]["end"]) for r in predicted]
     assert len(again) == 2 and again[0][0] == 26
@@ -233,7 +233,7 @@ def test_a_join_that_stops_midway_is_not_read_and_a_rerun_makes_the_same_files(
     assert checked == [1, 2] and not (folder / "long.json").exists()
     out = open_location(str(converted / "out"))
     with pytest.raises(SpanError, match="make it again"):
-        review_video.ReviewVideos(out).part("long.part-001", "spans")
+        review_frames.ReviewVideos(out).part("long.part-001", "spans")
     monkeypatch.undo()
     _, made = _build(converted, 20_000)
     assert [v["made"] for v in made["videos"] if v["recording"] == "long"] == [True]
@@ -265,7 +265,7 @@ def test_an_average_rate_becomes_the_rate_a_person_names():
     assert review_video._nominal_rate([record]) == Fraction(30000, 1001)
     # Slots stay exact at hours: frame at 40 min 0.033 s is slot 71,930 at 29.97 fps
     at = np.array([(40 * 60 + 0.033) * 1_000_000], dtype=np.int64)
-    assert review_video.frame_slots(at, Fraction(30000, 1001)).tolist() == [71_930]
+    assert review_frames.frame_slots(at, Fraction(30000, 1001)).tolist() == [71_930]
 
 
 @pytest.mark.parametrize("media, name", [
@@ -276,4 +276,4 @@ def test_an_average_rate_becomes_the_rate_a_person_names():
     ("/videos/cam.part-2.webm", None),
 ])
 def test_a_part_is_known_by_its_media_name(media, name):
-    assert review_video.part_of_media(media) == name
+    assert review_frames.part_of_media(media) == name
