@@ -8,6 +8,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from fractions import Fraction
 from typing import Any
 
@@ -105,9 +106,13 @@ class PartFrames:
         """Frames ``[i, j)`` a tool's 1-based inclusive frame range ``[first, last]`` at
         ``fps`` covers: those whose nearest frame slot ``round(t x fps) + 1`` is in it, so a
         timestamp rounded to WebM's milliseconds still lands in its own slot."""
-        slot = frame_slots(self.part_us, self.fps)
-        return (int(np.searchsorted(slot, first, "left")),
-                int(np.searchsorted(slot, last, "right")))
+        return (int(np.searchsorted(self.slots, first, "left")),
+                int(np.searchsorted(self.slots, last, "right")))
+
+    @cached_property
+    def slots(self) -> np.ndarray:
+        """Each frame's slot at ``fps`` (`frame_slots`), made once for all ranges."""
+        return frame_slots(self.part_us, self.fps)
 
     def recording_span(self, i: int, j: int) -> tuple[float, float] | None:
         """Recording times ``[start, end)`` holding exactly frames ``[i, j)``; None if empty."""

@@ -53,6 +53,7 @@ from tasks.annotations.keyframes import attributes_json
 NAME = "labelstudio"
 EXTENSION = ".json"
 BOX_NAME, VIDEO_NAME, LABELS_NAME = "box", "video", "videoLabels"
+TIMELINE_NAME = "activity"  # the TimelineLabels control of `timeline_config`
 MODEL_VERSION = "preannotate"
 REGION_ID = re.compile(r"track-(\d+)(?:-\d+)?")
 _HUMAN_ORIGINS = ("manual", "prediction-changed")
@@ -73,7 +74,7 @@ def timeline_config(labels: list[str]) -> str:
     file's order. Ranges come back as frames at ``$fps`` (`tasks.annotations.span_sources`)."""
     items = "".join(f"\n    <Label value={quoteattr(label)}/>" for label in labels)
     return (f'<View>\n  <Video name="{VIDEO_NAME}" value="$video" frameRate="$fps"/>\n'
-            f'  <TimelineLabels name="activity" toName="{VIDEO_NAME}">{items}\n'
+            f'  <TimelineLabels name="{TIMELINE_NAME}" toName="{VIDEO_NAME}">{items}\n'
             "  </TimelineLabels>\n</View>\n")
 
 

@@ -9,7 +9,7 @@ A task carries its part's name and the signature of the WebMs it was joined from
 whose clips changed gets a task for its new video, and the old task's labels are left out of
 a pull (they were made on other frames) and reported. These tasks are not in the review
 queue: a pull takes every submitted task each time, so it is idempotent by construction.
-Existing spans (``OUT/spans.parquet``) are shown as the task's prediction.
+Existing frame labels (``OUT/frame_labels.parquet``) are shown as the task's prediction.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from tasks.errors import ConfigError
+from tasks.formats.labelstudio import TIMELINE_NAME, VIDEO_NAME
 from tasks.recipe import Recipe
 from tasks.annotations import review_frames, review_video
 from tasks.review.ls_client import LabelStudio
@@ -31,7 +32,6 @@ from tasks.store.storage import Location, open_location, read_bytes, write_bytes
 
 # In OUT/review_video/: the tasks a pull read; no recording's file starts with "_"
 PULLED_FILE = "_label_studio_pull.json"
-FROM_NAME, TO_NAME = "activity", "video"  # as `tasks.formats.labelstudio.timeline_config`
 
 
 def timeline_title(recipe: Recipe, out: Location) -> str:
@@ -141,21 +141,20 @@ def _prediction(video: dict, part: dict, frame_map, frame_labels) -> list[dict[s
     """The frame labels of OUT on this part, as timeline ranges (1-based frames at fps)."""
     if frame_labels is None or not frame_labels.num_rows or frame_map is None:
         return []
-    mine = np.asarray(frame_labels["recording"].to_pylist(), dtype=object) == video["recording"]
-    if not mine.any():
+    labelled = frame_labels.filter(pc.equal(frame_labels["recording"], video["recording"]))
+    if not labelled.num_rows:
         return []
     frames = frame_map.filter(pc.equal(frame_map["part"], part["part"]))
     rate = Fraction(video["fps"])
     global_frames = frames["global_frame"].to_numpy()
     slots = review_frames.frame_slots(np.rint(frames["part_time_s"].to_numpy() * 1e6), rate)
     result = []
-    labelled = frame_labels.filter(mine)
     for label in dict.fromkeys(labelled["label"].to_pylist()):
-        wanted = labelled.filter(np.asarray(labelled["label"].to_pylist(), dtype=object) == label)
+        wanted = labelled.filter(pc.equal(labelled["label"], label))
         on = np.isin(global_frames, wanted["global_frame"].to_numpy())
         for a, b in _runs(on):
             result.append({"id": f"span-{len(result) + 1}", "type": "timelinelabels",
-                           "from_name": FROM_NAME, "to_name": TO_NAME, "origin": "prediction",
+                           "from_name": TIMELINE_NAME, "to_name": VIDEO_NAME, "origin": "prediction",
                            "value": {"ranges": [{"start": int(slots[a]),
                                                  "end": int(slots[b - 1])}],
                                      "timelinelabels": [label]}})
