@@ -6,7 +6,8 @@ statement (data-modifying CTEs: the update and its history events), run in autoc
 a change is one transaction and one round trip. Expired leases are reclaimed by a
 statement of their own, run only when the lease statement found some (it then leases
 nothing and says so), so that a reclaimed task is leased in its priority order by the same
-call. All times are the server's ``now()``; clients' clocks never matter.
+call. All times are the server's clock (``now()``; a new lease's start is
+``clock_timestamp()``); clients' clocks never matter.
 
 A throwaway server for tests and benchmarks is in `tests/pg_server.py`.
 """
@@ -94,7 +95,10 @@ WITH expired AS (
     ORDER BY priority DESC, id LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE review_tasks t SET state = 'leased', worker = %(worker)s,
-        lease_expires_at = now() + make_interval(secs => %(secs)s)
+        -- clock_timestamp(), not now(): now() is when this statement's transaction began,
+        -- which can be before the reclaim that freed the row committed, so a new lease
+        -- could seem to start (by microseconds) before the old one ran out
+        lease_expires_at = clock_timestamp() + make_interval(secs => %(secs)s)
     FROM pick WHERE t.id = pick.id
     RETURNING t.{COLUMNS.replace(", ", ", t.")}
 ), logged AS (
